@@ -1,0 +1,24 @@
+"""MultiMNIST (Table 1): M copies of MNIST, modality k rotated 90*k degrees counter-clockwise.
+
+Variants: `configs/multimnist.py:modalities=4,discriminator=joint`.
+"""
+from mmali_jax import default_config
+
+
+def get_config(arg='modalities=2,discriminator=factorized'):
+  options = dict(kv.split('=') for kv in arg.split(',') if kv)
+  num_modalities = int(options.pop('modalities', 2))
+  discriminator = options.pop('discriminator', 'factorized')
+  if options:
+    raise ValueError(f'Unknown config argument(s) {sorted(options)}; '
+                     'expected modalities=2|3|4,discriminator=factorized|joint.')
+
+  config = default_config.base_config()
+  config.modalities = [
+      default_config.modality(f'{k}mnist', 'mnist', 'mnist', rotation=k)
+      for k in range(num_modalities)
+  ]
+  config.discriminator = discriminator
+  config.joint_critic = 'concat'
+  config.loss.lambda_unimodal = 0.1
+  return config
