@@ -1,0 +1,41 @@
+"""Layer helpers with the reference's conventions.
+
+Every Linear/Conv/ConvTranspose starts from N(0, 0.02) weights and zero biases; convolution
+arguments are PyTorch's (kernel, stride, padding) so architectures read like ALGORITHM.md §2.
+Discriminator layers are wrapped in spectral normalisation (one power iteration per call).
+"""
+import flax.linen as nn
+
+weight_init = nn.initializers.normal(0.02)
+bias_init = nn.initializers.zeros
+
+
+def dense(features, name=None):
+  return nn.Dense(features, kernel_init=weight_init, bias_init=bias_init, name=name)
+
+
+def conv(features, kernel, stride, padding, name=None):
+  """nn.Conv2d(k, s, p) of PyTorch on NHWC inputs."""
+  return nn.Conv(features, (kernel, kernel), (stride, stride),
+                 padding=((padding, padding), (padding, padding)),
+                 kernel_init=weight_init, bias_init=bias_init, name=name)
+
+
+def conv_transpose(features, kernel, stride, padding, name=None):
+  """nn.ConvTranspose2d(k, s, p) of PyTorch: output size (in - 1) * s - 2p + k."""
+  pad = kernel - 1 - padding
+  return nn.ConvTranspose(features, (kernel, kernel), (stride, stride),
+                          padding=((pad, pad), (pad, pad)),
+                          kernel_init=weight_init, bias_init=bias_init, name=name)
+
+
+def spectral_norm(layer):
+  return nn.SpectralNorm(layer, n_steps=1, epsilon=1e-12)
+
+
+def leaky_relu(x):
+  return nn.leaky_relu(x, negative_slope=0.2)
+
+
+def flatten(x):
+  return x.reshape(x.shape[0], -1)

@@ -1,0 +1,87 @@
+"""Builds the Flax modules for a config and binds them to parameters for the objectives."""
+import jax.numpy as jnp
+
+from mmali_jax import modalities as modalities_lib
+from mmali_jax import posterior
+from mmali_jax.models import discriminators
+from mmali_jax.models import generators
+
+DISCRIMINATOR_KINDS = ('factorized', 'joint')
+
+
+def build(config):
+  """-> (modalities, generator module, discriminator module) for the config."""
+  mods = modalities_lib.from_config(config)
+  if not 0 < config.style_dim < config.latent_dim:
+    raise ValueError(f'style_dim={config.style_dim} must lie strictly between 0 and '
+                     f'latent_dim={config.latent_dim}: z = [style | content] needs both parts.')
+  gen = generators.Generators(mods, config.latent_dim)
+  if config.discriminator == 'factorized':
+    disc = discriminators.FactorizedDiscriminators(mods, config.joint_critic)
+  elif config.discriminator == 'joint':
+    disc = discriminators.MonolithicDiscriminator(mods)
+  else:
+    raise ValueError(f'config.discriminator={config.discriminator!r}; choose one of '
+                     f'{DISCRIMINATOR_KINDS}.')
+  return mods, gen, disc
+
+
+def dummy_inputs(mods, config, batch_size=1):
+  """Inputs with the right shapes, for initialisation."""
+  xs = [jnp.zeros((batch_size,) + m.image_shape, jnp.float32) for m in mods]
+  zs = [jnp.zeros((batch_size, config.latent_dim), jnp.float32) for _ in mods]
+  if config.discriminator == 'joint':
+    content_dim = config.latent_dim - config.style_dim
+    joint_z = jnp.zeros((batch_size, len(mods) * config.style_dim + content_dim), jnp.float32)
+    return xs, zs, (xs, joint_z)
+  return xs, zs, (xs, zs)
+
+
+class Bound:
+  """The networks bound to parameters, called like functions inside a loss.
+
+  Discriminators run in train mode: each call does one spectral-norm power iteration and the
+  updated `disc_stats` are carried to the next call, as PyTorch's spectral_norm does.
+  """
+
+  def __init__(self, gen, disc, gen_params, disc_params, disc_stats, style_dim):
+    self.gen, self.disc = gen, disc
+    self.gen_params, self.disc_params, self.disc_stats = gen_params, disc_params, disc_stats
+    self.style_dim = style_dim
+
+  def encode(self, m, x):
+    """(mean, log-variance) of q(z | x_m)."""
+    return self.gen.apply({'params': self.gen_params}, m, x, method='encode')
+
+  def sample_posterior(self, rng, m, x):
+    """A fresh sample z ~ q(z | x_m), and its (mean, log-variance)."""
+    mean, logvar = self.encode(m, x)
+    return posterior.sample(rng, mean, logvar), (mean, logvar)
+
+  def decode(self, m, z):
+    return self.gen.apply({'params': self.gen_params}, m, z, method='decode')
+
+  def _discriminate(self, method, *args):
+    out, updates = self.disc.apply(
+        {'params': self.disc_params, 'batch_stats': self.disc_stats}, *args,
+        update_stats=True, method=method, mutable=['batch_stats'])
+    self.disc_stats = updates['batch_stats']
+    return out
+
+  def d0(self, m, x, z):
+    return self._discriminate('unimodal', m, x, z)
+
+  def d1(self, m, x, z):
+    return self._discriminate('content', m, x, z)
+
+  def joint_critic(self, xs):
+    return self._discriminate('joint', xs)
+
+  def monolithic(self, xs, z):
+    return self._discriminate('__call__', xs, z)
+
+  def style(self, z):
+    return z[:, :self.style_dim]
+
+  def content(self, z):
+    return z[:, self.style_dim:]

@@ -1,0 +1,51 @@
+"""The non-factorized baseline: one (M+1)-way D(x_1..x_M, z) (`JointModel.forward_jsd`).
+
+z = [s_1, ..., s_M, c]. Class k < M: the real tuple with every modality's own style and
+modality k's content; class M: the decoded tuple with its prior styles and modality 0's prior
+content. There are no unimodal, T or reconstruction terms. The reference overwrites the losses of
+its first batch (independent per-modality priors) with those of the second (shared content) by a
+key collision (ALGORITHM.md §8.5); here both batches count, as intended.
+"""
+import jax
+import jax.numpy as jnp
+
+from mmali_jax import losses
+from mmali_jax.objectives import factorized
+
+
+def _class_logits(nets, xs, rng, shared_content, config):
+  """The discriminator's logits for each of the M+1 classes on one batch."""
+  num = len(xs)
+  batch_size = xs[0].shape[0]
+  rng_prior, rng_enc = jax.random.split(rng)
+  z_prior = factorized.prior_samples(rng_prior, batch_size, nets, num, shared_content, config.latent_dim)
+  keys = jax.random.split(rng_enc, num)
+  z_enc = [nets.sample_posterior(keys[m], m, xs[m])[0] for m in range(num)]
+  x_dec = [nets.decode(m, z_prior[m]) for m in range(num)]
+  styles = [nets.style(z) for z in z_enc]
+  logits = [nets.monolithic(xs, jnp.concatenate(styles + [nets.content(z_enc[k])], axis=-1))
+            for k in range(num)]
+  prior_styles = [nets.style(z) for z in z_prior]
+  logits.append(nets.monolithic(
+      x_dec, jnp.concatenate(prior_styles + [nets.content(z_prior[0])], axis=-1)))
+  return logits
+
+
+def discriminator_loss(nets, batches, rng, config, mods):
+  metrics = {}
+  for key, shared, sub in (('a', False, 0), ('b', True, 1)):
+    logits = _class_logits(nets, batches[key], jax.random.fold_in(rng, sub), shared, config)
+    for k, lg in enumerate(logits):
+      name = mods[k].name if k < len(mods) else 'decoder'
+      metrics[f'd/joint_{key}/{name}'] = losses.cross_entropy(lg, k)
+  return sum(metrics.values()), metrics
+
+
+def generator_loss(nets, batches, rng, config, mods):
+  metrics = {}
+  for key, shared, sub in (('c', False, 0), ('d', True, 1)):
+    logits = _class_logits(nets, batches[key], jax.random.fold_in(rng, sub), shared, config)
+    for k, lg in enumerate(logits):
+      name = mods[k].name if k < len(mods) else 'decoder'
+      metrics[f'g/joint_{key}/{name}'] = losses.g_joint_class(lg, k)
+  return sum(metrics.values()), metrics

@@ -1,0 +1,101 @@
+"""The training state and the jitted iteration: discriminator step, then generator step, then EMA."""
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmali_jax import networks
+from mmali_jax import objectives
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # iterations completed
+  rng: jax.Array  # base key; iteration n uses fold_in(rng, n), so resuming replays the same draws
+  gen_params: dict  # encoders and decoders
+  disc_params: dict
+  disc_stats: dict  # spectral-norm power-iteration vectors
+  gen_opt_state: optax.OptState
+  disc_opt_state: optax.OptState
+  ema_params: dict  # EMA of gen_params, used for samples and evaluation
+
+
+def make_optimizer(config):
+  return optax.adam(config.optim.learning_rate, b1=config.optim.b1, b2=config.optim.b2)
+
+
+def create_train_state(config, gen, disc, mods):
+  rng = jax.random.PRNGKey(config.seed)
+  rng, gen_rng, disc_rng = jax.random.split(rng, 3)
+  xs, zs, disc_inputs = networks.dummy_inputs(mods, config)
+  gen_params = gen.init(gen_rng, xs, zs)['params']
+  disc_vars = disc.init(disc_rng, *disc_inputs, update_stats=False)
+  opt = make_optimizer(config)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      rng=rng,
+      gen_params=gen_params,
+      disc_params=disc_vars['params'],
+      disc_stats=disc_vars['batch_stats'],
+      gen_opt_state=opt.init(gen_params),
+      disc_opt_state=opt.init(disc_vars['params']),
+      # A real copy: the EMA tree is donated separately from gen_params.
+      ema_params=jax.tree.map(jnp.copy, gen_params),
+  )
+
+
+def ema_update(ema_params, params, step, decay, start_step):
+  """theta_ema <- decay * theta_ema + (1 - decay) * theta after iteration `step` > start_step;
+  before that an exact copy (the reference's warm-up)."""
+  step_size = jnp.where(step > start_step, 1.0 - decay, 1.0)
+  return optax.incremental_update(params, ema_params, step_size)
+
+
+def make_train_step(config, gen, disc, mods):
+  """-> train_step(state, batch) -> (state, metrics), a pure function to jit.
+
+  `batch` maps 'a', 'b', 'b_marginals', 'c', 'd' to {modality name: uint8 images [B, H, W, C]}.
+  """
+  objective = objectives.OBJECTIVES[config.discriminator]
+  opt = make_optimizer(config)
+
+  def train_step(state, batch):
+    rng_d, rng_g = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    xs = {key: [images[m.name].astype(jnp.float32) / 255.0 for m in mods]
+          for key, images in batch.items()}
+
+    def d_loss_fn(disc_params):
+      nets = networks.Bound(gen, disc, state.gen_params, disc_params, state.disc_stats,
+                            config.style_dim)
+      loss, metrics = objective.discriminator_loss(nets, xs, rng_d, config, mods)
+      return loss, (metrics, nets.disc_stats)
+
+    (d_loss, (d_metrics, disc_stats)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+        state.disc_params)
+    d_updates, disc_opt_state = opt.update(d_grads, state.disc_opt_state, state.disc_params)
+    disc_params = optax.apply_updates(state.disc_params, d_updates)
+
+    def g_loss_fn(gen_params):
+      nets = networks.Bound(gen, disc, gen_params, disc_params, disc_stats, config.style_dim)
+      loss, metrics = objective.generator_loss(nets, xs, rng_g, config, mods)
+      return loss, (metrics, nets.disc_stats)
+
+    (g_loss, (g_metrics, disc_stats)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+        state.gen_params)
+    g_updates, gen_opt_state = opt.update(g_grads, state.gen_opt_state, state.gen_params)
+    gen_params = optax.apply_updates(state.gen_params, g_updates)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        gen_params=gen_params,
+        disc_params=disc_params,
+        disc_stats=disc_stats,
+        gen_opt_state=gen_opt_state,
+        disc_opt_state=disc_opt_state,
+        ema_params=ema_update(state.ema_params, gen_params, state.step, config.ema.decay,
+                              config.ema.start_step),
+    )
+    metrics = {'d/total': d_loss, 'g/total': g_loss, **d_metrics, **g_metrics}
+    return new_state, metrics
+
+  return train_step
