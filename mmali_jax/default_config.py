@@ -27,6 +27,8 @@ def base_config():
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2_000
   config.keep_checkpoints = 3
+  # Local devices the batch is sharded over ('data' mesh axis); None = all of them.
+  config.num_devices = ml_collections.config_dict.placeholder(int)
 
   config.latent_dim = 20
   config.style_dim = 10

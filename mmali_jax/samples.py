@@ -1,0 +1,47 @@
+"""Sample grids written at every checkpoint, from the EMA generators and fixed inputs/noise."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmali_jax import posterior
+from mmali_jax.evaluators import figures
+
+
+def make_sample_fn(gen, mods, style_dim):
+  """-> (row names, jitted fn(params, xs, fixed_styles, fixed_content, rng) -> row images).
+
+  For every modality m: its inputs; reconstructions G_m(z~q(z|x_m)); cross generations
+  G_m([fixed style, content of q(z|x_j)]) from every other modality j; joint generations
+  G_m([fixed style_m, fixed shared content]), whose columns should show the same digit across
+  modalities.
+  """
+
+  names = []
+  for m, mod in enumerate(mods):
+    names += [f'{mod.name} input', f'{mod.name} reconstruction']
+    names += [f'{src.name} -> {mod.name}' for j, src in enumerate(mods) if j != m]
+    names.append(f'{mod.name} joint prior')
+
+  def sample(params, xs, fixed_styles, fixed_content, rng):
+    keys = jax.random.split(rng, len(mods))
+    z_enc = []
+    for m, x in enumerate(xs):
+      mean, logvar = gen.apply({'params': params}, m, x, method='encode')
+      z_enc.append(posterior.sample(keys[m], mean, logvar))
+    decode = lambda m, z: gen.apply({'params': params}, m, z, method='decode')
+    rows = []  # in the order of `names`
+    for m in range(len(mods)):
+      rows += [xs[m], decode(m, z_enc[m])]
+      rows += [decode(m, jnp.concatenate([fixed_styles[m], z_enc[j][:, style_dim:]], axis=-1))
+               for j in range(len(mods)) if j != m]
+      rows.append(decode(m, jnp.concatenate([fixed_styles[m], fixed_content], axis=-1)))
+    return rows
+
+  return names, jax.jit(sample)
+
+
+def write_grid(names, rows, path):
+  """Writes the labelled PNG and returns the grid as float [1, H, W, 3] for TensorBoard."""
+  grid = figures.image_grid([list(np.asarray(r)) for r in rows], path, row_labels=names,
+                            scale=2)
+  return grid[None].astype(np.float32) / 255.0
