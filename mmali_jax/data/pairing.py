@@ -1,0 +1,56 @@
+"""Multimodal pairs matched on class label, as index arrays (ALGORITHM.md §5).
+
+Generalises the reference's `rand_match_on_idx` (MNIST-SVHN, with `use_all`) and
+`MultiMNIST.rand_match_on_idx` to M modalities: per class, the first n_l examples of every
+modality are matched by `multiplication` rounds of independent random permutations. A pair is
+M same-class examples, usually different instances; images are never copied, only indexed.
+"""
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _class_indices(labels, percentage, max_per_class):
+  """[(class, [per-modality ascending indices of its first n_l examples])] for shared classes."""
+  labels = [np.asarray(l) for l in labels]
+  if not labels:
+    raise ValueError('match_by_label needs at least one modality.')
+  classes = sorted(set.intersection(*(set(np.unique(l).tolist()) for l in labels)))
+  out = []
+  for c in classes:
+    # flatnonzero is ascending, i.e. a stable sort by label as the reference's label-sorted order.
+    idx = [np.flatnonzero(l == c) for l in labels]
+    # int() truncates like the reference's int(count * percentage).
+    n = min(int(len(i) * percentage) for i in idx)
+    if max_per_class is not None:
+      n = min(n, int(max_per_class))
+    out.append((c, [i[:n] for i in idx]))
+  return out
+
+
+def count_pairs(labels: Sequence[np.ndarray], multiplication: int, percentage: float,
+                max_per_class: Optional[int]) -> int:
+  """multiplication * sum_l n_l: the number of pairs `match_by_label` returns."""
+  per_class = _class_indices(labels, percentage, max_per_class)
+  return int(multiplication) * sum(len(idx[0]) for _, idx in per_class)
+
+
+def match_by_label(labels: Sequence[np.ndarray], multiplication: int, percentage: float,
+                   max_per_class: Optional[int], rng: np.random.Generator) -> np.ndarray:
+  """int64 [P, M] indices into each modality's examples; every row shares one class label.
+
+  For each class l present in every modality (ascending), n_l = min_m floor(percentage *
+  count_m(l)), capped by max_per_class; the first n_l indices of each modality are kept, and
+  `multiplication` times every modality appends its own random permutation of them. The random
+  draws are made in the order class, round, modality, so the result depends only on `rng`.
+  """
+  if percentage < 0 or percentage > 1:
+    raise ValueError(f'percentage must be in [0, 1], got {percentage}.')
+  blocks = []
+  for _, idx in _class_indices(labels, percentage, max_per_class):
+    n = len(idx[0])
+    for _ in range(int(multiplication)):
+      blocks.append(np.stack([i[rng.permutation(n)] for i in idx], axis=1))
+  if not blocks:
+    return np.zeros((0, len(labels)), np.int64)
+  return np.concatenate(blocks, axis=0).astype(np.int64)

@@ -1,0 +1,158 @@
+"""Whole TFDS image-classification splits as in-memory numpy arrays.
+
+The training sets used here are small (MNIST 47 MB, SVHN 225 MB as uint8), and pairs are index
+arrays into them (pairing.py), so every split is read once into memory and never streamed.
+
+Machines without internet can still prepare a dataset: TFDS's download manager takes a file found
+as `<data_dir>/downloads/manual/<file name>` instead of downloading it (and still verifies its
+checksum). When neither the prepared dataset nor all of its raw files are there, `load_split`
+raises `MissingDatasetError` saying which files to put where, instead of TFDS's download attempt.
+"""
+import functools
+import os
+
+from absl import logging
+import numpy as np
+
+# Files TFDS's builders download, i.e. the names expected in `<data_dir>/downloads/manual/`.
+# svhn_cropped's builder generates all three splits, so it needs `extra` too (1.3 GB).
+RAW_FILES = {
+    'mnist': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+              't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+    'svhn_cropped': ('train_32x32.mat', 'test_32x32.mat', 'extra_32x32.mat'),
+}
+
+_CONFIG_FLAG = '--config.data.tfds_data_dir'
+_READ_CHUNK = 8192
+
+
+class MissingDatasetError(RuntimeError):
+  """A dataset is neither prepared nor preparable offline from files in the manual folder."""
+
+
+def load_split(dataset, split, data_dir=None):
+  """(images uint8 [N, H, W, C], labels int32 [N]) of one split, cached per process.
+
+  The arrays are shared between callers (MultiMNIST loads MNIST train once per modality), so they
+  are returned read-only.
+  """
+  return _load_split_cached(dataset, split, None if data_dir is None else os.fspath(data_dir))
+
+
+def clear_cache():
+  """Forgets every split loaded so far (tests use it around `tfds.testing.mock_data`)."""
+  _load_split_cached.cache_clear()
+
+
+def data_dir_root(data_dir):
+  """The directory TFDS uses for `data_dir` (its default when None)."""
+  if data_dir is None:
+    data_dir = os.environ.get('TFDS_DATA_DIR') or os.path.join('~', 'tensorflow_datasets')
+  return os.path.expanduser(os.fspath(data_dir))
+
+
+def manual_dir(data_dir):
+  """The folder whose files TFDS's download manager takes instead of downloading them."""
+  return os.path.join(data_dir_root(data_dir), 'downloads', 'manual')
+
+
+@functools.lru_cache(maxsize=8)
+def _load_split_cached(dataset, split, data_dir):
+  tfds = _import_tfds()
+  try:
+    images, labels = _read(tfds, dataset, split, data_dir)
+  except AssertionError:
+    # tfds.load(download=False) asserts when the dataset is not prepared in data_dir.
+    if tfds.builder(dataset, data_dir=data_dir).is_prepared():
+      raise
+    images = None
+  if images is None:  # Outside the except block, so TFDS's assertion is not chained.
+    _prepare_offline(tfds, dataset, data_dir)
+    images, labels = _read(tfds, dataset, split, data_dir)
+  images.setflags(write=False)
+  labels.setflags(write=False)
+  return images, labels
+
+
+def _read(tfds, dataset, split, data_dir):
+  # Read in chunks, not with batch_size=-1: under tfds.testing.mock_data (which patches this
+  # call, so tests run without real data) the split size is unknown and TFDS then batches by
+  # sys.maxsize, which aborts TensorFlow 2.21.
+  chunks = list(tfds.as_numpy(tfds.load(
+      dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK, as_supervised=True,
+      download=False)))
+  if not chunks:
+    raise ValueError(f'Split {split!r} of {dataset!r} is empty.')
+  images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
+  labels = np.concatenate([c[1] for c in chunks]).astype(np.int32)
+  if images.ndim == 3:
+    images = images[..., None]
+  return images, labels
+
+
+def _prepare_offline(tfds, dataset, data_dir):
+  """Builds `dataset` from raw files in the manual folder, or says which files are missing."""
+  folder = manual_dir(data_dir)
+  needed = _raw_files(tfds, dataset)
+  missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+  if not needed or missing:
+    raise MissingDatasetError(_missing_message(dataset, data_dir, folder, needed, missing))
+
+  logging.info('Preparing %s offline from the raw files in %s.', dataset, folder)
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  config = tfds.download.DownloadConfig(manual_dir=folder, try_download_gcs=False)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except ModuleNotFoundError as e:
+    if e.name != 'importlib_resources':
+      raise
+    # tensorflow-datasets 4.9.10 imports it on every Python but declares it only for < 3.9
+    # (github.com/tensorflow/datasets/issues/11212); reading a prepared dataset does not need it.
+    raise MissingDatasetError(
+        f'Found the raw files of {dataset} in {folder}, but preparing them needs the package '
+        'importlib_resources, which this tensorflow-datasets imports without declaring it '
+        '(tensorflow/datasets#11212). Install it: pip install importlib_resources') from e
+  except Exception as e:  # pylint: disable=broad-except
+    if type(e).__name__ != 'NonMatchingChecksumError':
+      raise
+    raise MissingDatasetError(
+        f'A raw file of {dataset} in {folder} does not have the checksum TFDS expects (a corrupt '
+        f'or different file); replace it with the original.\n{e}') from e
+
+
+def _raw_files(tfds, dataset):
+  if dataset in RAW_FILES:
+    return list(RAW_FILES[dataset])
+  try:  # Other datasets: the file names registered with the builder's checksums.
+    return sorted({info.filename for info in tfds.builder(dataset).url_infos.values()
+                   if info.filename})
+  except Exception:  # pylint: disable=broad-except
+    return []
+
+
+def _missing_message(dataset, data_dir, folder, needed, missing):
+  where = data_dir_root(data_dir) + (' (the TFDS default)' if data_dir is None else '')
+  lines = [f'Dataset {dataset!r} is not prepared in {where} (mmali_jax never downloads data).']
+  if needed:
+    present = len(needed) - len(missing)
+    lines.append(
+        f'To prepare it offline, put these files, as published (TFDS verifies their checksums), '
+        f'in {folder}/:')
+    lines += [f'  {f}' + ('  (missing)' if f in missing and present else '') for f in needed]
+  else:
+    lines.append(f'Put the raw files TFDS downloads for {dataset!r} in {folder}/.')
+  lines.append(f'Or point {_CONFIG_FLAG}=<dir> at a directory where {dataset!r} is prepared '
+               '(or whose downloads/manual/ holds those files). With internet access, TFDS can '
+               f'prepare it: tfds.builder({dataset!r}, data_dir=<dir>).download_and_prepare()')
+  return '\n'.join(lines)
+
+
+def _import_tfds():
+  """Imports TFDS lazily and keeps TensorFlow off the GPUs, which JAX is going to use."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except (RuntimeError, ValueError):  # TF already initialised its devices; nothing to do.
+    pass
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
