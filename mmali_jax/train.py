@@ -57,6 +57,19 @@ def make_mesh(config):
   return jax.sharding.Mesh(np.asarray(devices), ('data',))
 
 
+def compile_train_step(config, gen, disc, mods, mesh):
+  """The train step jitted data-parallel over `mesh`: parameters and optimizer states replicated,
+  every batch split along the 'data' axis. The loss is a mean over the global batch, so XLA
+  averages the gradients across devices and the result matches a single device up to float
+  rounding. -> (step_fn, replicated sharding, batch sharding)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data_sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  step_fn = jax.jit(train_step_lib.make_train_step(config, gen, disc, mods),
+                    in_shardings=(replicated, data_sharded),
+                    out_shardings=(replicated, replicated), donate_argnums=0)
+  return step_fn, replicated, data_sharded
+
+
 def _check_workdir_config(config, workdir):
   """Writes <workdir>/config.json, or refuses to resume a run made with a different config."""
   path = os.path.join(workdir, 'config.json')
@@ -115,8 +128,7 @@ def train_and_evaluate(config, workdir):
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
   sampler = pipeline.BatchSampler(dataset, config.batch_size, config.seed, config.data.unpaired)
 
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  step_fn, replicated, data_sharded = compile_train_step(config, gen, disc, mods, mesh)
   state = train_step_lib.create_train_state(config, gen, disc, mods)
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored = checkpointer.restore(state)
@@ -130,10 +142,6 @@ def train_and_evaluate(config, workdir):
                  config.num_train_steps)
     checkpointer.close()
     return state
-
-  step_fn = jax.jit(train_step_lib.make_train_step(config, gen, disc, mods),
-                    in_shardings=(replicated, data_sharded),
-                    out_shardings=(replicated, replicated), donate_argnums=0)
 
   # Fixed inputs and noise for the sample grids, the same at every checkpoint and on resume.
   rng = np.random.default_rng([config.seed, 7])

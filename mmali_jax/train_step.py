@@ -6,6 +6,7 @@ import optax
 
 from mmali_jax import networks
 from mmali_jax import objectives
+from mmali_jax.models import layers
 
 
 @flax.struct.dataclass
@@ -26,19 +27,20 @@ def make_optimizer(config):
 
 def create_train_state(config, gen, disc, mods):
   rng = jax.random.PRNGKey(config.seed)
-  rng, gen_rng, disc_rng = jax.random.split(rng, 3)
+  rng, gen_rng, disc_rng, redraw_rng = jax.random.split(rng, 4)
   xs, zs, disc_inputs = networks.dummy_inputs(mods, config)
   gen_params = gen.init(gen_rng, xs, zs)['params']
   disc_vars = disc.init(disc_rng, *disc_inputs, update_stats=False)
+  disc_params = layers.reference_init(disc_vars['params'], redraw_rng)
   opt = make_optimizer(config)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       rng=rng,
       gen_params=gen_params,
-      disc_params=disc_vars['params'],
+      disc_params=disc_params,
       disc_stats=disc_vars['batch_stats'],
       gen_opt_state=opt.init(gen_params),
-      disc_opt_state=opt.init(disc_vars['params']),
+      disc_opt_state=opt.init(disc_params),
       # A real copy: the EMA tree is donated separately from gen_params.
       ema_params=jax.tree.map(jnp.copy, gen_params),
   )

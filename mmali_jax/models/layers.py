@@ -5,6 +5,8 @@ arguments are PyTorch's (kernel, stride, padding) so architectures read like ALG
 Discriminator layers are wrapped in spectral normalisation (one power iteration per call).
 """
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 weight_init = nn.initializers.normal(0.02)
 bias_init = nn.initializers.zeros
@@ -39,3 +41,25 @@ def leaky_relu(x):
 
 def flatten(x):
   return x.reshape(x.shape[0], -1)
+
+
+def reference_init(params, rng):
+  """Every kernel redrawn from N(0, 0.02), every bias zero: the reference's `init_param_normal`.
+
+  Needed for discriminators: Flax's SpectralNorm stores W / sigma_hat (sigma_hat from one power
+  iteration on a random vector) instead of W when it initialises, which leaves the kernels about
+  1.5-2.5x larger than N(0, 0.02). The forward pass is invariant to that scale, but Adam's
+  steps are not.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(rng, len(leaves))
+  out = []
+  for key, (path, leaf) in zip(keys, leaves):
+    name = getattr(path[-1], 'key', None)
+    if name == 'kernel':
+      out.append(weight_init(key, leaf.shape, leaf.dtype))
+    elif name == 'bias':
+      out.append(jnp.zeros_like(leaf))
+    else:
+      out.append(leaf)
+  return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,49 @@
+"""Test setup: 8 virtual CPU devices (for the data-parallel equivalence tests) and small configs."""
+import importlib.util
+import os
+import pathlib
+
+# Must happen before JAX initialises its backends.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name, arg=None):
+  """get_config of configs/<name>.py, as `--config=configs/<name>.py:<arg>` would."""
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', ROOT / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def small_config(name, arg=None, **overrides):
+  """The real config with a short schedule and tiny batches: same networks and losses."""
+  config = load_config(name, arg)
+  config.batch_size = 8
+  config.num_train_steps = 3
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.num_sample_images = 4
+  config.data.multiplication = 2
+  config.num_devices = 1  # compiles faster; test_train checks 8 devices against 1 explicitly
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture(autouse=True)
+def _fresh_data_cache():
+  """Loaded splits are cached per process; mocked data must not leak between tests."""
+  from mmali_jax.data import sources  # pylint: disable=g-import-not-at-top
+  sources.clear_cache()
+  yield
+  sources.clear_cache()

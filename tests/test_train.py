@@ -1,0 +1,140 @@
+"""Training end to end on generated data: runs, data parallelism, resume, and failure modes."""
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mmali_jax import checkpointing
+from mmali_jax import networks
+from mmali_jax import train
+from mmali_jax import train_step
+from tests.conftest import small_config
+
+
+def _params(state):
+  return jax.device_get({'gen': state.gen_params, 'disc': state.disc_params,
+                         'ema': state.ema_params, 'stats': state.disc_stats})
+
+
+def _assert_trees_close(a, b, **tol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
+
+
+@pytest.mark.parametrize('name,arg', [
+    ('mnist_svhn', ''),
+    ('multimnist', 'modalities=3,discriminator=factorized'),
+    ('multimnist', 'modalities=3,discriminator=joint'),
+])
+def test_training_runs_and_writes_checkpoints(tmp_path, name, arg):
+  config = small_config(name, arg)
+  mods, gen, disc = networks.build(config)
+  initial = _params(train_step.create_train_state(config, gen, disc, mods))
+  with tfds.testing.mock_data(num_examples=24):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  final = _params(state)
+  assert int(state.step) == 3
+  for leaf in jax.tree.leaves(final):
+    assert np.all(np.isfinite(leaf))
+  for part in ('gen', 'disc'):
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), initial[part], final[part])
+    assert all(jax.tree.leaves(changed)), f'some {part} parameters did not move'
+  # Before ema.start_step the EMA is an exact copy of the generators.
+  _assert_trees_close(final['ema'], final['gen'], rtol=0, atol=0)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '3']
+  assert sorted(os.listdir(tmp_path / 'samples')) == ['step_0000002.png', 'step_0000003.png']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+  ema, step = checkpointing.restore_ema(str(tmp_path))
+  assert step == 3
+  _assert_trees_close(ema, final['ema'], rtol=0, atol=0)
+
+
+def _random_batches(mods, batch_size, steps, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{key: {m.name: rng.integers(0, 256, (batch_size,) + m.image_shape, dtype=np.uint8)
+                 for m in mods} for key in ('a', 'b', 'b_marginals', 'c', 'd')}
+          for _ in range(steps)]
+
+
+def test_eight_devices_match_one_device():
+  assert jax.local_device_count() == 8, 'conftest should give 8 CPU devices'
+  config = small_config('multimnist', 'modalities=2', batch_size=16)
+  config.ema.start_step = 1  # exercise the decaying EMA too
+  config.ema.decay = 0.9
+  mods, gen, disc = networks.build(config)
+  batches = _random_batches(mods, 16, steps=3)
+  results = []
+  for num_devices in (1, 8):
+    config.num_devices = num_devices
+    mesh = train.make_mesh(config)
+    step_fn, replicated, sharded = train.compile_train_step(config, gen, disc, mods, mesh)
+    state = jax.device_put(train_step.create_train_state(config, gen, disc, mods), replicated)
+    for batch in batches:
+      state, metrics = step_fn(state, jax.device_put(batch, sharded))
+    assert len(state.gen_params['encoder_0mnist']['Dense_0']['kernel'].sharding.device_set) == (
+        num_devices)
+    results.append((_params(state), jax.device_get(metrics)))
+  (one, one_metrics), (eight, eight_metrics) = results
+  _assert_trees_close(one_metrics, eight_metrics, rtol=1e-4, atol=1e-6)
+  # Sharding changes only the order of float reductions. Adam divides by sqrt(v), so for the
+  # few weights whose gradient is ~0 that rounding can flip a step of up to `learning_rate`;
+  # every weight must stay within that bound, and nearly all must agree to float precision.
+  bound = len(batches) * config.optim.learning_rate
+  diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(
+      jax.tree.leaves(one), jax.tree.leaves(eight))])
+  assert diffs.max() <= bound, diffs.max()
+  assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+  config = small_config('multimnist', 'modalities=2', num_train_steps=4)
+  with tfds.testing.mock_data(num_examples=24):
+    uninterrupted = _params(train.train_and_evaluate(config, str(tmp_path / 'full')))
+    config.num_train_steps = 2  # stop after 2 steps ...
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+    config.num_train_steps = 4  # ... and re-run the same command on the same workdir
+    resumed = _params(train.train_and_evaluate(config, str(tmp_path / 'resumed')))
+  _assert_trees_close(uninterrupted, resumed, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+  config = small_config('multimnist', batch_size=12, num_devices=None)
+  with pytest.raises(ValueError, match='batch_size=12 is not divisible by the 8 devices'):
+    train.make_mesh(config)
+
+
+def test_changed_config_on_existing_workdir_is_refused(tmp_path):
+  config = small_config('multimnist', num_train_steps=2)
+  with tfds.testing.mock_data(num_examples=24):
+    train.train_and_evaluate(config, str(tmp_path))
+    before = sorted(os.listdir(tmp_path / 'checkpoints'))
+    config.loss.lambda_unimodal = 0.5
+    with pytest.raises(ValueError, match=r'loss.lambda_unimodal: 0.1 -> 0.5'):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_kept(tmp_path):
+  config = small_config('multimnist', num_train_steps=2)
+  with tfds.testing.mock_data(num_examples=24):
+    train.train_and_evaluate(config, str(tmp_path))
+    # Damage every data file of the latest checkpoint.
+    for root, _, files in os.walk(tmp_path / 'checkpoints' / '2' / 'train'):
+      for f in files:
+        with open(os.path.join(root, f), 'wb') as fh:
+          fh.write(b'garbage')
+    config.num_train_steps = 3
+    with pytest.raises(checkpointing.CheckpointError, match='corrupt'):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+
+
+def test_invalid_config_values_are_named():
+  config = small_config('multimnist', num_train_steps=0)
+  with pytest.raises(ValueError, match='num_train_steps=0'):
+    train.check_config(config)
+  config = small_config('multimnist')
+  config.data.percentage = 1.5
+  with pytest.raises(ValueError, match='percentage=1.5'):
+    train.check_config(config)
