@@ -21,4 +21,5 @@ def get_config(arg='modalities=2,discriminator=factorized'):
   config.discriminator = discriminator
   config.joint_critic = 'concat'
   config.loss.lambda_unimodal = 0.1
+  config.eval.probe_parts = ('both',)  # Table 1 probes the whole latent
   return config

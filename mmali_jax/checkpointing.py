@@ -4,11 +4,13 @@ Layout: <workdir>/checkpoints/<step>/{train,ema}. `train` holds everything neede
 (parameters, optimizer states, spectral-norm vectors, step, RNG); `ema` holds the EMA encoder and
 decoder parameters alone, so evaluation restores them without building optimizers.
 """
+import json
 import os
 
 from etils import epath
 import flax
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 
@@ -102,3 +104,15 @@ def restore_ema(workdir, step=None):
   finally:
     manager.close()
   return restored['ema'], step
+
+
+def load_config(workdir):
+  """The config a run was trained with (<workdir>/config.json, written by the training loop)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise CheckpointError(f'{path} does not exist: {workdir} is not a training workdir '
+                          '(or pass --config explicitly).')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.modalities = [ml_collections.ConfigDict(m) for m in config.modalities]
+  return config

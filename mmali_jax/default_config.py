@@ -5,6 +5,8 @@ Hyper-parameters follow the authors' reference code with the intended README fla
 """
 import ml_collections
 
+from mmali_jax import evaluators
+
 
 def modality(name, dataset, network, rotation=0, rec_weight=1.0):
   """One modality of the experiment.
@@ -68,4 +70,6 @@ def base_config():
 
   # Sample grids written next to every checkpoint.
   config.num_sample_images = 16
+  # Evaluation (python -m mmali_jax.evaluate; mmali_jax/evaluators/__init__.py documents it).
+  config.eval = evaluators.eval_defaults()
   return config

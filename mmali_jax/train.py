@@ -7,7 +7,6 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
-import ml_collections
 import numpy as np
 
 from mmali_jax import checkpointing
@@ -88,11 +87,6 @@ def _check_workdir_config(config, workdir):
   with open(path + '.tmp', 'w') as f:
     json.dump(current, f, indent=2)
   os.replace(path + '.tmp', path)
-
-
-def load_workdir_config(workdir):
-  with open(os.path.join(workdir, 'config.json')) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 class _Prefetcher:

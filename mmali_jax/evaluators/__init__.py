@@ -18,7 +18,7 @@ def eval_defaults():
       every_steps=50_000,
       # Default: <workdir>/classifiers.
       classifier_dir=ml_collections.config_dict.placeholder(str),
-      # The reference trains 100 epochs; these classifiers plateau long before (see classifiers.py).
+      # The reference trains 100 epochs; MNIST's is at 98.75% after 30 (see classifiers.py).
       classifier_epochs=30,
       classifier_batch_size=256,
       classifier_lr=1e-3,
@@ -30,6 +30,8 @@ def eval_defaults():
       probe_lr=1e-3,
       # Last training examples held out for the probe's `selected_test_accuracy`.
       probe_holdout=5_000,
+      # Parts of z probed: 'both' (Tables 1, 2), 'content' and 'style' (Table 3).
+      probe_parts=('both', 'content', 'style'),
       # Joint coherence: prior samples (the reference: 10,000).
       num_joint_samples=10_000,
       # Chunk size of the jitted evaluation functions (does not change any number).
@@ -43,5 +45,6 @@ def eval_config(config):
   """`config.eval` with every default filled in (works on configs without an `eval` field)."""
   merged = eval_defaults()
   if 'eval' in config:
-    merged.update(config.eval)
+    for key, value in config.eval.items():  # resolved values: placeholders can't be merged
+      merged[key] = value
   return merged
