@@ -15,9 +15,11 @@ Differences from the reference, on purpose:
 - The kept checkpoint is the epoch with the best accuracy on the last `holdout` training examples,
   which are not trained on. The reference keeps the epoch with the best *test* accuracy (§8.7);
   that number is still recorded (`best_test_accuracy_over_epochs`), labelled, for comparison.
-- Default epochs: `config.eval.classifier_epochs` = 30 instead of 100. These small classifiers
-  reach their plateau within ~10-20 epochs on MNIST and SVHN; 30 keeps CPU runs short. Pass
-  `--epochs=100` for the reference's count.
+- Default epochs: `config.eval.classifier_epochs` = 30 instead of 100, to keep CPU runs short
+  (about 8 minutes per MNIST classifier on 2 busy CPU cores). Measured on MNIST: 98.1% test
+  accuracy after 10 epochs, 98.6% after 20, 98.75% after 30, still creeping up by ~0.1% per 10
+  epochs; for judging generated digits that difference does not matter. Pass `--epochs=100` for
+  the reference's count.
 """
 import json
 import os
