@@ -312,23 +312,27 @@ def train_all(config, classifier_dir, *, epochs=None, overwrite=False):
   return summary
 
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Experiment directory.')
-_CLASSIFIER_DIR = flags.DEFINE_string('classifier_dir', None,
-                                      'Where the classifiers go; default <workdir>/classifiers.')
-_EPOCHS = flags.DEFINE_integer('epochs', None, 'Default: config.eval.classifier_epochs.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Retrain classifiers that already exist.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Only when run as a program: importing this module (as evaluate.py does) defines no flags."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=False)
+  flags.DEFINE_string('workdir', None, 'Experiment directory.')
+  flags.DEFINE_string('classifier_dir', None,
+                      'Where the classifiers go; default <workdir>/classifiers.')
+  flags.DEFINE_integer('epochs', None, 'Default: config.eval.classifier_epochs.')
+  flags.DEFINE_bool('overwrite', False, 'Retrain classifiers that already exist.')
+  flags.mark_flag_as_required('config')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _WORKDIR.value is None and _CLASSIFIER_DIR.value is None:
+  if FLAGS.workdir is None and FLAGS.classifier_dir is None:
     raise app.UsageError('Pass --workdir (or --classifier_dir).')
-  classifier_dir = _CLASSIFIER_DIR.value or os.path.join(_WORKDIR.value, 'classifiers')
-  summary = train_all(_CONFIG.value, classifier_dir, epochs=_EPOCHS.value,
-                      overwrite=_OVERWRITE.value)
+  classifier_dir = FLAGS.classifier_dir or os.path.join(FLAGS.workdir, 'classifiers')
+  summary = train_all(FLAGS.config, classifier_dir, epochs=FLAGS.epochs, overwrite=FLAGS.overwrite)
   for key, metrics in summary.items():
     print(f'{key}: test accuracy {100 * metrics["selected_test_accuracy"]:.2f}% (held-out '
           f'selection, epoch {metrics["selected_epoch"]}); final epoch '
@@ -337,5 +341,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('config')
+  _define_flags()
   app.run(main)
