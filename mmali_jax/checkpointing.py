@@ -19,7 +19,8 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_dir(workdir):
-  return epath.Path(workdir) / 'checkpoints'
+  # Orbax's tensorstore backend refuses relative paths.
+  return epath.Path(os.path.abspath(workdir)) / 'checkpoints'
 
 
 def _manager(workdir, keep=None, create=False):

@@ -108,8 +108,10 @@ def evaluate(config, workdir, step=None):
   figures.figure4(encoders, decoders, images, config.style_dim, rng=jax.random.PRNGKey(seed + 1),
                   path=os.path.join(out_dir, 'figure4.png'))
 
-  with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-    json.dump(metrics, f, indent=2)
+  # metrics.json / report.md describe the latest evaluation; each step's metrics are kept too.
+  for name in ('metrics.json', f'metrics_step_{step}.json'):
+    with open(os.path.join(out_dir, name), 'w') as f:
+      json.dump(metrics, f, indent=2)
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
     f.write(paper.report(config, metrics, workdir, notes))
   return metrics

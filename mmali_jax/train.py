@@ -10,6 +10,8 @@ import jax
 import numpy as np
 
 from mmali_jax import checkpointing
+from mmali_jax import evaluate
+from mmali_jax import evaluators
 from mmali_jax import networks
 from mmali_jax import samples
 from mmali_jax import train_step as train_step_lib
@@ -161,6 +163,8 @@ def train_and_evaluate(config, workdir):
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                            writer=writer, every_steps=config.log_every_steps)
+  # The reference evaluates every 50,000 iterations and after the last one; 0 turns it off.
+  eval_every = evaluators.eval_config(config).every_steps
   prefetcher = _Prefetcher(sampler, start, config.num_train_steps)
   pending = []
   try:
@@ -180,6 +184,12 @@ def train_and_evaluate(config, workdir):
         writer.write_scalars(done, averaged)
       if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
         save(state)
+      if eval_every and (done % eval_every == 0 or done == config.num_train_steps):
+        if done % config.checkpoint_every_steps and done != config.num_train_steps:
+          save(state)  # evaluation reads the checkpoint, as a separate evaluation run would
+        checkpointer.manager.wait_until_finished()
+        results = evaluate.evaluate(config, workdir, done)
+        writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
   finally:
     prefetcher.close()
     checkpointer.close()

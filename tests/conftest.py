@@ -31,6 +31,7 @@ def small_config(name, arg=None, **overrides):
   config.num_sample_images = 4
   config.data.multiplication = 2
   config.num_devices = 1  # compiles faster; test_train checks 8 devices against 1 explicitly
+  config.eval.every_steps = 0  # no evaluation inside training unless a test asks for it
   for key, value in overrides.items():
     target = config
     *path, leaf = key.split('.')

@@ -25,10 +25,15 @@ def _eval_settings(config):
 
 
 def test_evaluate_a_trained_checkpoint(tmp_path):
-  config = _eval_settings(small_config('multimnist', 'modalities=2', num_train_steps=2))
+  config = _eval_settings(small_config('multimnist', 'modalities=2', num_train_steps=2,
+                                       checkpoint_every_steps=2))
+  config.eval.every_steps = 1  # periodic evaluation during training, after steps 1 and 2
   workdir = str(tmp_path)
   with tfds.testing.mock_data(num_examples=24):
     train.train_and_evaluate(config, workdir)
+    for step in (1, 2):
+      with open(tmp_path / 'eval' / f'metrics_step_{step}.json') as f:
+        assert json.load(f)['step'] == step
     classifiers.train_all(config, os.path.join(workdir, 'classifiers'))
     # As the command line does: the config comes back from the workdir.
     restored_config = checkpointing.load_config(workdir)

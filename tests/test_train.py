@@ -104,14 +104,17 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
     train.make_mesh(config)
 
 
-def test_changed_config_on_existing_workdir_is_refused(tmp_path):
+def test_changed_config_on_existing_workdir_is_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
   config = small_config('multimnist', num_train_steps=2)
   with tfds.testing.mock_data(num_examples=24):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, 'run')  # a relative workdir, as users type it
+    tmp_path = tmp_path / 'run'
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
     before = sorted(os.listdir(tmp_path / 'checkpoints'))
     config.loss.lambda_unimodal = 0.5
     with pytest.raises(ValueError, match=r'loss.lambda_unimodal: 0.1 -> 0.5'):
-      train.train_and_evaluate(config, str(tmp_path))
+      train.train_and_evaluate(config, 'run')
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
 
 
