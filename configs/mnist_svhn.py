@@ -7,12 +7,8 @@ from mmali_jax import default_config
 
 
 def get_config(arg=''):
-  options = dict(kv.split('=') for kv in arg.split(',') if kv)
-  percentage = float(options.pop('percentage', 1.0))
-  discriminator = options.pop('discriminator', 'factorized')
-  if options:
-    raise ValueError(f'Unknown config argument(s) {sorted(options)}; '
-                     'expected percentage=<0..1>,discriminator=factorized|joint.')
+  args = default_config.parse_arguments(arg, dict(percentage=1.0, discriminator='factorized'))
+  percentage, discriminator = args['percentage'], args['discriminator']
 
   config = default_config.base_config()
   config.modalities = [

@@ -6,12 +6,8 @@ from mmali_jax import default_config
 
 
 def get_config(arg='modalities=2,discriminator=factorized'):
-  options = dict(kv.split('=') for kv in arg.split(',') if kv)
-  num_modalities = int(options.pop('modalities', 2))
-  discriminator = options.pop('discriminator', 'factorized')
-  if options:
-    raise ValueError(f'Unknown config argument(s) {sorted(options)}; '
-                     'expected modalities=2|3|4,discriminator=factorized|joint.')
+  args = default_config.parse_arguments(arg, dict(modalities=2, discriminator='factorized'))
+  num_modalities, discriminator = args['modalities'], args['discriminator']
 
   config = default_config.base_config()
   config.modalities = [

@@ -21,6 +21,17 @@ def modality(name, dataset, network, rotation=0, rec_weight=1.0):
                                         rotation=rotation, rec_weight=rec_weight))
 
 
+def parse_arguments(arg, defaults):
+  """'k1=v1,k2=v2' (the part after ':' in --config=configs/x.py:...) over `defaults`, typed
+  like the defaults; unknown keys are an error that lists the known ones."""
+  options = dict(kv.split('=', 1) for kv in (arg or '').split(',') if kv)
+  unknown = sorted(set(options) - set(defaults))
+  if unknown:
+    raise ValueError(f'Unknown config argument(s) {unknown}; expected some of '
+                     + ','.join(f'{k}=<{type(v).__name__}>' for k, v in defaults.items()) + '.')
+  return {k: type(v)(options.get(k, v)) for k, v in defaults.items()}
+
+
 def base_config():
   config = ml_collections.ConfigDict()
   config.seed = 0

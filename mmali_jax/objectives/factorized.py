@@ -27,6 +27,19 @@ def prior_samples(rng, batch_size, nets, num, shared_content, latent_dim):
   return zs
 
 
+def _unimodal_pass(nets, xs, rng_prior, rng, keys_per_modality, latent_dim):
+  """Independent priors z_m, posterior samples z~q(z|x_m) and decodings G_m(z_m) of a batch.
+
+  Returns them with [M, keys_per_modality] keys, the first of which drew the posterior samples.
+  """
+  num = len(xs)
+  z_prior = prior_samples(rng_prior, xs[0].shape[0], nets, num, False, latent_dim)
+  keys = jax.random.split(rng, keys_per_modality * num).reshape(num, keys_per_modality, -1)
+  z_enc = [nets.sample_posterior(keys[m, 0], m, xs[m])[0] for m in range(num)]
+  x_dec = [nets.decode(m, z_prior[m]) for m in range(num)]
+  return z_prior, z_enc, x_dec, keys
+
+
 def _joint_logits(nets, xs, zs, t):
   """The (M+1)-way logits of Eq. 10 for tuples {(x_m, z_m)} given T(x_1..x_M)."""
   a, b = [], []
@@ -45,10 +58,7 @@ def discriminator_loss(nets, batches, rng, config, mods):
   # Batch A: unimodal encoder vs decoder (D0) and content vs prior content (D1).
   xa = batches['a']
   batch_size = xa[0].shape[0]
-  z_prior = prior_samples(rng_prior, batch_size, nets, num, False, latent_dim)
-  keys = jax.random.split(rng_a, 3 * num).reshape(num, 3, -1)
-  z_enc = [nets.sample_posterior(keys[m, 0], m, xa[m])[0] for m in range(num)]
-  x_dec = [nets.decode(m, z_prior[m]) for m in range(num)]
+  z_prior, z_enc, x_dec, keys = _unimodal_pass(nets, xa, rng_prior, rng_a, 3, latent_dim)
   for m, mod in enumerate(mods):
     metrics[f'd/{mod.name}/unimodal_encoder'] = losses.d_unimodal_encoder(nets.d0(m, xa[m], z_enc[m]))
     metrics[f'd/{mod.name}/unimodal_decoder'] = losses.d_unimodal_decoder(
@@ -86,10 +96,7 @@ def generator_loss(nets, batches, rng, config, mods):
   # Batch C: unimodal adversarial terms and per-modality reconstructions.
   xc = batches['c']
   batch_size = xc[0].shape[0]
-  z_prior = prior_samples(rng_prior_c, batch_size, nets, num, False, latent_dim)
-  keys = jax.random.split(rng_c, 2 * num).reshape(num, 2, -1)
-  z_enc = [nets.sample_posterior(keys[m, 0], m, xc[m])[0] for m in range(num)]
-  x_dec = [nets.decode(m, z_prior[m]) for m in range(num)]
+  z_prior, z_enc, x_dec, keys = _unimodal_pass(nets, xc, rng_prior_c, rng_c, 2, latent_dim)
   for m, mod in enumerate(mods):
     metrics[f'g/{mod.name}/unimodal'] = losses.g_unimodal(
         nets.d0(m, xc[m], z_enc[m]), nets.d0(m, x_dec[m], z_prior[m]), num, cfg.lambda_unimodal)

@@ -31,21 +31,22 @@ def _class_logits(nets, xs, rng, shared_content, config):
   return logits
 
 
-def discriminator_loss(nets, batches, rng, config, mods):
+def _class_losses(nets, batches, rng, config, mods, batch_keys, prefix, loss_fn):
+  """loss_fn(logits of class k, k) summed over the classes of each of the two batches."""
   metrics = {}
-  for key, shared, sub in (('a', False, 0), ('b', True, 1)):
+  for sub, (key, shared) in enumerate(zip(batch_keys, (False, True))):
     logits = _class_logits(nets, batches[key], jax.random.fold_in(rng, sub), shared, config)
     for k, lg in enumerate(logits):
       name = mods[k].name if k < len(mods) else 'decoder'
-      metrics[f'd/joint_{key}/{name}'] = losses.cross_entropy(lg, k)
+      metrics[f'{prefix}/joint_{key}/{name}'] = loss_fn(lg, k)
   return sum(metrics.values()), metrics
+
+
+def discriminator_loss(nets, batches, rng, config, mods):
+  """Cross-entropy of every class, on batch 'a' (independent priors) and 'b' (shared content)."""
+  return _class_losses(nets, batches, rng, config, mods, ('a', 'b'), 'd', losses.cross_entropy)
 
 
 def generator_loss(nets, batches, rng, config, mods):
-  metrics = {}
-  for key, shared, sub in (('c', False, 0), ('d', True, 1)):
-    logits = _class_logits(nets, batches[key], jax.random.fold_in(rng, sub), shared, config)
-    for k, lg in enumerate(logits):
-      name = mods[k].name if k < len(mods) else 'decoder'
-      metrics[f'g/joint_{key}/{name}'] = losses.g_joint_class(lg, k)
-  return sum(metrics.values()), metrics
+  """w NS_k of every class, on batch 'c' (independent priors) and 'd' (shared content)."""
+  return _class_losses(nets, batches, rng, config, mods, ('c', 'd'), 'g', losses.g_joint_class)
