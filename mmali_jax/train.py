@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from mmali_jax import checkpointing
+from mmali_jax import curves
 from mmali_jax import evaluate
 from mmali_jax import evaluators
 from mmali_jax import networks
@@ -156,6 +157,8 @@ def train_and_evaluate(config, workdir):
                                     jax.random.PRNGKey(config.seed)))
     grid = samples.write_grid(sample_names, rows, os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
     writer.write_images(step, {'samples': grid})
+    writer.flush()
+    curves.write_loss_curves(workdir, os.path.join(workdir, 'loss_curves.png'))
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)

@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mmali_jax import checkpointing
+from mmali_jax import curves
 from mmali_jax import networks
 from mmali_jax import train
 from mmali_jax import train_step
@@ -45,6 +46,11 @@ def test_training_runs_and_writes_checkpoints(tmp_path, name, arg):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '3']
   assert sorted(os.listdir(tmp_path / 'samples')) == ['step_0000002.png', 'step_0000003.png']
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path))
+  logged = curves.read_scalars(str(tmp_path))
+  assert [step for step, _ in logged['d/total']] == [1, 2, 3]  # every loss term, every step
+  assert all(np.isfinite(v) for tag in logged if tag.startswith(('d/', 'g/'))
+             for _, v in logged[tag])
+  assert os.path.getsize(tmp_path / 'loss_curves.png') > 0
   ema, step = checkpointing.restore_ema(str(tmp_path))
   assert step == 3
   _assert_trees_close(ema, final['ema'], rtol=0, atol=0)
