@@ -36,6 +36,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mmali_jax import console
 from mmali_jax import evaluators
 from mmali_jax.evaluators import common
 
@@ -331,6 +332,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.workdir is None and FLAGS.classifier_dir is None:
     raise app.UsageError('Pass --workdir (or --classifier_dir).')
+  console.quiet_libraries()
   classifier_dir = FLAGS.classifier_dir or os.path.join(FLAGS.workdir, 'classifiers')
   summary = train_all(FLAGS.config, classifier_dir, epochs=FLAGS.epochs, overwrite=FLAGS.overwrite)
   for key, metrics in summary.items():

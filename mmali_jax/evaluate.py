@@ -17,6 +17,7 @@ import numpy as np
 
 from mmali_jax import checkpointing
 from mmali_jax import classifiers as classifiers_lib
+from mmali_jax import console
 from mmali_jax import evaluators
 from mmali_jax import networks
 from mmali_jax import paper
@@ -131,12 +132,13 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.quiet_libraries()
   config = FLAGS.config
   if config is None:
     config = checkpointing.load_config(FLAGS.workdir)
-  metrics = evaluate(config, FLAGS.workdir, FLAGS.step)
-  print(open(os.path.join(FLAGS.workdir, 'eval', 'report.md')).read())
-  return metrics
+  evaluate(config, FLAGS.workdir, FLAGS.step)
+  with open(os.path.join(FLAGS.workdir, 'eval', 'report.md')) as f:
+    print(f.read())
 
 
 if __name__ == '__main__':

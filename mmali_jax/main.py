@@ -2,23 +2,15 @@
 
 Re-running the same command on the same workdir resumes from its latest checkpoint.
 """
-import logging as pylogging
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mmali_jax import console
 from mmali_jax import train
 
 FLAGS = flags.FLAGS
-
-
-def _drop_library_info(record):
-  """Keeps INFO records of this project and clu; other libraries only from WARNING up."""
-  return (record.levelno >= pylogging.WARNING or '/mmali_jax/' in record.pathname
-          or '/clu/' in record.pathname)
-
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:args]).',
                                 lock_config=True)
@@ -28,9 +20,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Orbax logs every file it writes at INFO; keep the console for losses and progress.
-  for name in ('absl', 'orbax', 'jax._src'):
-    pylogging.getLogger(name).addFilter(_drop_library_info)
+  console.quiet_libraries()
   logging.info('Config:\n%s', FLAGS.config)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
