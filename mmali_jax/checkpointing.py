@@ -18,6 +18,10 @@ class CheckpointError(RuntimeError):
   pass
 
 
+class WorkdirConfigError(ValueError):
+  """The workdir holds a run made with a different config."""
+
+
 def checkpoint_dir(workdir):
   # Orbax's tensorstore backend refuses relative paths.
   return epath.Path(os.path.abspath(workdir)) / 'checkpoints'

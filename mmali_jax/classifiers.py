@@ -334,7 +334,8 @@ def main(argv):
     raise app.UsageError('Pass --workdir (or --classifier_dir).')
   console.quiet_libraries()
   classifier_dir = FLAGS.classifier_dir or os.path.join(FLAGS.workdir, 'classifiers')
-  summary = train_all(FLAGS.config, classifier_dir, epochs=FLAGS.epochs, overwrite=FLAGS.overwrite)
+  summary = console.run(lambda: train_all(FLAGS.config, classifier_dir, epochs=FLAGS.epochs,
+                                          overwrite=FLAGS.overwrite))
   for key, metrics in summary.items():
     print(f'{key}: test accuracy {100 * metrics["selected_test_accuracy"]:.2f}% (held-out '
           f'selection, epoch {metrics["selected_epoch"]}); final epoch '

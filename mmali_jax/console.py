@@ -13,3 +13,19 @@ def quiet_libraries():
   results."""
   for name in ('absl', 'orbax', 'jax._src'):
     logging.getLogger(name).addFilter(_project_or_warning)
+
+
+def user_errors():
+  """Exceptions whose message already tells the user what to do: shown without a traceback."""
+  from mmali_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from mmali_jax.data import sources  # pylint: disable=g-import-not-at-top
+  return (sources.MissingDatasetError, checkpointing.CheckpointError,
+          checkpointing.WorkdirConfigError)
+
+
+def run(fn, *args):
+  """fn(*args), turning user errors into a one-message exit with status 1."""
+  try:
+    return fn(*args)
+  except user_errors() as err:
+    raise SystemExit(f'Error: {err}') from None

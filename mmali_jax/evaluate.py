@@ -133,10 +133,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_libraries()
-  config = FLAGS.config
-  if config is None:
-    config = checkpointing.load_config(FLAGS.workdir)
-  evaluate(config, FLAGS.workdir, FLAGS.step)
+  config = FLAGS.config or console.run(checkpointing.load_config, FLAGS.workdir)
+  console.run(evaluate, config, FLAGS.workdir, FLAGS.step)
   with open(os.path.join(FLAGS.workdir, 'eval', 'report.md')) as f:
     print(f.read())
 

@@ -84,9 +84,9 @@ def _check_workdir_config(config, workdir):
     changed = sorted(k for k in set(a) | set(b) if not ignore(k) and a.get(k) != b.get(k))
     if changed:
       details = ', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed)
-      raise ValueError(f'{workdir} holds a run with a different config ({details}). Its '
-                       'checkpoints were left untouched; use a new --workdir, or the original '
-                       'config to resume.')
+      raise checkpointing.WorkdirConfigError(
+          f'{workdir} holds a run with a different config ({details}). Its checkpoints were '
+          'left untouched; use a new --workdir, or the original config to resume.')
   with open(path + '.tmp', 'w') as f:
     json.dump(current, f, indent=2)
   os.replace(path + '.tmp', path)

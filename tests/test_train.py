@@ -1,5 +1,7 @@
 """Training end to end on generated data: runs, data parallelism, resume, and failure modes."""
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -147,3 +149,16 @@ def test_invalid_config_values_are_named():
   config.data.percentage = 1.5
   with pytest.raises(ValueError, match='percentage=1.5'):
     train.check_config(config)
+
+
+def test_command_line_reports_missing_data_without_traceback(tmp_path):
+  """python -m mmali_jax.main on a machine without the data: the instructions, exit status 1."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'mmali_jax.main', '--config=configs/multimnist.py',
+       f'--workdir={tmp_path / "run"}', f'--config.data.tfds_data_dir={tmp_path / "tfds"}'],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+      text=True, timeout=300, check=False)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert 'train-images-idx3-ubyte.gz' in result.stderr
+  assert str(tmp_path / 'tfds' / 'downloads' / 'manual') in result.stderr
