@@ -109,12 +109,14 @@ def evaluate(config, workdir, step=None):
   figures.figure4(encoders, decoders, images, config.style_dim, rng=jax.random.PRNGKey(seed + 1),
                   path=os.path.join(out_dir, 'figure4.png'))
 
-  # metrics.json / report.md describe the latest evaluation; each step's metrics are kept too.
+  # metrics.json / report.md describe the latest evaluation; each step's are kept too.
   for name in ('metrics.json', f'metrics_step_{step}.json'):
     with open(os.path.join(out_dir, name), 'w') as f:
       json.dump(metrics, f, indent=2)
-  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(paper.report(config, metrics, workdir, notes))
+  report = paper.report(config, metrics, workdir, notes)
+  for name in ('report.md', f'report_step_{step}.md'):
+    with open(os.path.join(out_dir, name), 'w') as f:
+      f.write(report)
   return metrics
 
 
