@@ -6,9 +6,10 @@ import os
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 
 def read_scalars(workdir):

@@ -1,4 +1,4 @@
-"""The one training loop: data, state, resume, the jitted step on a device mesh, logs, checkpoints."""
+"""The one training loop: data, state, resume, the jitted step on a device mesh, logs, saves."""
 import concurrent.futures
 import json
 import os
@@ -151,19 +151,22 @@ def train_and_evaluate(config, workdir):
   sample_names, sample_fn = samples.make_sample_fn(gen, mods, config.style_dim)
   os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
 
-  def save(state):
-    step = checkpointer.save(state)
-    rows = jax.device_get(sample_fn(state.ema_params, fixed_x, fixed_styles, fixed_content,
-                                    jax.random.PRNGKey(config.seed)))
-    grid = samples.write_grid(sample_names, rows, os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
-    writer.write_images(step, {'samples': grid})
-    writer.flush()
-    curves.write_loss_curves(workdir, os.path.join(workdir, 'loss_curves.png'))
-
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   if start == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
+
+  def save(state):
+    """Checkpoint, sample grid and loss curves of the current step."""
+    step = checkpointer.save(state)
+    rows = jax.device_get(sample_fn(state.ema_params, fixed_x, fixed_styles, fixed_content,
+                                    jax.random.PRNGKey(config.seed)))
+    grid = samples.write_grid(sample_names, rows,
+                              os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
+    writer.write_images(step, {'samples': grid})
+    writer.flush()
+    curves.write_loss_curves(workdir, os.path.join(workdir, 'loss_curves.png'))
+
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                            writer=writer, every_steps=config.log_every_steps)
   # The reference evaluates every 50,000 iterations and after the last one; 0 turns it off.

@@ -1,4 +1,4 @@
-"""The training state and the jitted iteration: discriminator step, then generator step, then EMA."""
+"""The training state and one iteration: discriminator step, then generator step, then EMA."""
 import flax
 import jax
 import jax.numpy as jnp

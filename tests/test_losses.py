@@ -86,7 +86,8 @@ def test_factorized_logits_give_the_optimal_posterior_of_eq6(num):
   q_xs = rng.uniform(0.1, 1.0, num)  # q(x_m, s_m)
   p_c = rng.uniform(0.1, 1.0)  # p(c)
   p_xsc = rng.uniform(0.1, 1.0, num)  # p(x_m, s_m, c)
-  # Eq. 10: r_i = q(X)/prod q(x_k) * q(x_i,s_i,c)/(q(x_i,s_i) p(c)) * prod_j q(x_j,s_j)p(c)/p(x_j,s_j,c)
+  # Eq. 10: r_i = q(X) / prod q(x_k) * q(x_i,s_i,c) / (q(x_i,s_i) p(c))
+  #              * prod_j q(x_j,s_j) p(c) / p(x_j,s_j,c)
   ratios = (q_joint_x / np.prod(q_x) * q_xsc / (q_xs * p_c) * np.prod(q_xs * p_c / p_xsc))
   optimal = np.append(ratios, 1.0) / (np.sum(ratios) + 1.0)  # Eq. 6, densities over p
 

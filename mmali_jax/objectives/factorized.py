@@ -60,7 +60,8 @@ def discriminator_loss(nets, batches, rng, config, mods):
   batch_size = xa[0].shape[0]
   z_prior, z_enc, x_dec, keys = _unimodal_pass(nets, xa, rng_prior, rng_a, 3, latent_dim)
   for m, mod in enumerate(mods):
-    metrics[f'd/{mod.name}/unimodal_encoder'] = losses.d_unimodal_encoder(nets.d0(m, xa[m], z_enc[m]))
+    metrics[f'd/{mod.name}/unimodal_encoder'] = losses.d_unimodal_encoder(
+        nets.d0(m, xa[m], z_enc[m]))
     metrics[f'd/{mod.name}/unimodal_decoder'] = losses.d_unimodal_decoder(
         nets.d0(m, x_dec[m], z_prior[m]))
     # Negatives q(x, s) p(c): (x, s) pairs kept together, content from a shuffled prior draw.

@@ -18,7 +18,8 @@ def _class_logits(nets, xs, rng, shared_content, config):
   num = len(xs)
   batch_size = xs[0].shape[0]
   rng_prior, rng_enc = jax.random.split(rng)
-  z_prior = factorized.prior_samples(rng_prior, batch_size, nets, num, shared_content, config.latent_dim)
+  z_prior = factorized.prior_samples(rng_prior, batch_size, nets, num, shared_content,
+                                     config.latent_dim)
   keys = jax.random.split(rng_enc, num)
   z_enc = [nets.sample_posterior(keys[m], m, xs[m])[0] for m in range(num)]
   x_dec = [nets.decode(m, z_prior[m]) for m in range(num)]
