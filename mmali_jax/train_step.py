@@ -6,6 +6,7 @@ import optax
 
 from mmali_jax import networks
 from mmali_jax import objectives
+from mmali_jax.data import pipeline
 from mmali_jax.models import layers
 
 
@@ -63,7 +64,7 @@ def make_train_step(config, gen, disc, mods):
 
   def train_step(state, batch):
     rng_d, rng_g = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    xs = {key: [images[m.name].astype(jnp.float32) / 255.0 for m in mods]
+    xs = {key: [pipeline.to_float(images[m.name]) for m in mods]
           for key, images in batch.items()}
 
     def d_loss_fn(disc_params):

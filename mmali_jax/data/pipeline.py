@@ -28,9 +28,13 @@ def rotate(images, quarter_turns):
   return np.ascontiguousarray(np.rot90(images, k=k, axes=(1, 2)))
 
 
-def to_float(images_uint8):
-  """uint8 images -> float32 in [0, 1], as torchvision's ToTensor (works on numpy and jax)."""
-  return images_uint8.astype(np.float32) / 255.0
+def to_float(images):
+  """uint8 images -> float32 in [0, 1], as torchvision's ToTensor; float input is kept as it is.
+
+  Works on numpy and jax arrays (also inside jit)."""
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  return images.astype(np.float32)
 
 
 @dataclasses.dataclass(eq=False)
@@ -175,6 +179,3 @@ class BatchSampler:
     return {key: {n: labels[n][i] for n, i in batch.items()}
             for key, batch in self.indices(step).items()}
 
-  def paired_batch(self, indices):
-    """{name: uint8 images} of the given pair indices (e.g. evaluation on fixed pairs)."""
-    return self.dataset.batch(indices)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmali_jax import posterior
+from mmali_jax.data import pipeline
 from mmali_jax.evaluators import common
 
 
@@ -47,7 +48,7 @@ def _over_pairs(chunk_fn, images, labels, indices, rng, batch_size):
   chunk_fn = jax.jit(chunk_fn)
   correct = {}
   for k, (start, stop) in enumerate(common.chunk_slices(len(labels), batch_size)):
-    inputs = {m: common.to_float(images[m][common.pad_rows(idx[start:stop], batch_size)])
+    inputs = {m: pipeline.to_float(images[m][common.pad_rows(idx[start:stop], batch_size)])
               for m, idx in indices.items()}
     predictions = chunk_fn(jax.random.fold_in(rng, k), inputs)
     for key, pred in predictions.items():

@@ -9,13 +9,6 @@ import jax
 import numpy as np
 
 
-def to_float(x):
-  """uint8 [0, 255] -> float32 [0, 1] (as torchvision's ToTensor); float input is kept."""
-  if x.dtype == np.uint8:
-    return x.astype(np.float32) / 255.0
-  return x.astype(np.float32)
-
-
 def chunk_slices(num, chunk_size):
   """[(start, stop), ...] covering range(num) in chunks of at most chunk_size."""
   return [(start, min(start + chunk_size, num)) for start in range(0, num, chunk_size)]

@@ -13,7 +13,7 @@ from PIL import ImageDraw
 from PIL import ImageFont
 
 from mmali_jax import posterior
-from mmali_jax.evaluators import common
+from mmali_jax.data import pipeline
 
 
 def _to_rgb(image):
@@ -86,7 +86,7 @@ def figure3(encoders, decoders, images, *, rng, path=None, sources=None, scale=2
   names = sorted(images)
   rows, labels = [], []
   for k, src in enumerate(sources or names):
-    x = common.to_float(np.asarray(images[src]))
+    x = pipeline.to_float(np.asarray(images[src]))
     z = posterior.sample(jax.random.fold_in(rng, k), *encoders[src](x))
     rows += [list(x), list(_decode(decoders[src], z))]
     labels += [f'{src} input', 'reconstruction']
@@ -111,7 +111,7 @@ def figure4(encoders, decoders, images, style_dim, *, rng, path=None, sources=No
   names = sorted(images)
   rows, labels = [], []
   for k, src in enumerate(sources or names):
-    x = common.to_float(np.asarray(images[src]))
+    x = pipeline.to_float(np.asarray(images[src]))
     z_key, s_key = jax.random.split(jax.random.fold_in(rng, k))
     z = posterior.sample(z_key, *encoders[src](x))
     _, content = posterior.split_style_content(z, style_dim)

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from mmali_jax import posterior
+from mmali_jax.data import pipeline
 from mmali_jax.evaluators import common
 
 PARTS = ('both', 'content', 'style')
@@ -58,7 +59,7 @@ class LatentFeatures:
 
   def precompute(self, x):
     """(mean, logvar) of the chosen part for every example of x (numpy; uint8 or float input)."""
-    stats = common.map_chunks(lambda c: self._encode_jit(common.to_float(c)), x, self.chunk_size)
+    stats = common.map_chunks(lambda c: self._encode_jit(pipeline.to_float(c)), x, self.chunk_size)
     dim = stats.shape[-1] // 2
     return stats[:, :dim], stats[:, dim:]
 
@@ -112,8 +113,8 @@ def linear_probe(features_fn, train_x, train_y, test_x, test_y, *, epochs=100, b
     test_stats = features_fn.precompute(test_x)
   else:
     sample = features_fn
-    train_stats = common.to_float(np.asarray(train_x))
-    test_stats = common.to_float(np.asarray(test_x))
+    train_stats = pipeline.to_float(np.asarray(train_x))
+    test_stats = pipeline.to_float(np.asarray(test_x))
 
   fit_idx, hold_idx = common.split_holdout(len(train_y), holdout)
   fit_stats, fit_y = _gather(train_stats, fit_idx), train_y[fit_idx]
