@@ -10,8 +10,9 @@ import os
 from etils import epath
 import flax
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
+
+from mmali_jax import default_config
 
 
 class CheckpointError(RuntimeError):
@@ -118,6 +119,4 @@ def load_config(workdir):
     raise CheckpointError(f'{path} does not exist: {workdir} is not a training workdir '
                           '(or pass --config explicitly).')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.modalities = [ml_collections.ConfigDict(m) for m in config.modalities]
-  return config
+    return default_config.from_dict(json.load(f))

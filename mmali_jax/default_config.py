@@ -1,11 +1,22 @@
 """Defaults shared by every experiment config (configs/*.py say what differs).
 
-Hyper-parameters follow the authors' reference code with the intended README flags
-(ALGORITHM.md §4), not the truncated README commands (§8.1).
+Hyper-parameters follow the authors' reference code with the flags its README intends, not its
+truncated README commands (docs/algorithm.md §7).
 """
 import ml_collections
 
-from mmali_jax import evaluators
+DISCRIMINATOR_KINDS = ('factorized', 'monolithic')
+# The monolithic baseline's older name (Table 1 calls it "Joint"), still accepted.
+DISCRIMINATOR_ALIASES = {'joint': 'monolithic'}
+
+
+def discriminator_kind(name):
+  """'factorized' or 'monolithic' for a config's `discriminator` value (aliases resolved)."""
+  kind = DISCRIMINATOR_ALIASES.get(name, name)
+  if kind not in DISCRIMINATOR_KINDS:
+    raise ValueError(f'config.discriminator={name!r}; choose one of {DISCRIMINATOR_KINDS} '
+                     f'(or {sorted(DISCRIMINATOR_ALIASES)}, an alias of monolithic).')
+  return kind
 
 
 def modality(name, dataset, network, rotation=0, rec_weight=1.0):
@@ -13,7 +24,7 @@ def modality(name, dataset, network, rotation=0, rec_weight=1.0):
 
   name: key; modalities are always processed in sorted order of their names.
   dataset: TFDS name of the images (e.g. 'mnist', 'svhn_cropped').
-  network: architecture family in `mmali_jax.modalities.NETWORKS` ('mnist' MLPs, 'svhn' CNNs).
+  network: architecture family in `mmali_jax.models.registry` ('mnist' MLPs, 'svhn' CNNs).
   rotation: number of 90-degree counter-clockwise turns applied to every image.
   rec_weight: the per-modality reconstruction coefficient kappa_m.
   """
@@ -47,9 +58,11 @@ def base_config():
   config.style_dim = 10
 
   # 'factorized': per-modality D0 ((M+1)-way) and D1 (binary) plus the joint critic T, combined
-  # into the (M+1)-way logits of Eq. 10. 'joint': one monolithic (M+1)-way D(x_1..x_M, z).
+  # into the (M+1)-way logits of Eq. 10. 'monolithic' (alias 'joint'): one (M+1)-way
+  # D(x_1..x_M, z), the baseline that Table 1 calls "Joint".
   config.discriminator = 'factorized'
-  # Architecture of T(x_1..x_M): 'dot' (inner product of two branches, MNIST-SVHN) or 'concat'.
+  # Architecture of the joint critic T(x_1..x_M): 'dot' (inner product of two branches,
+  # MNIST-SVHN) or 'concat'.
   config.joint_critic = 'concat'
   config.modalities = []
 
@@ -81,6 +94,65 @@ def base_config():
 
   # Sample grids written next to every checkpoint.
   config.num_sample_images = 16
-  # Evaluation (python -m mmali_jax.evaluate; mmali_jax/evaluators/__init__.py documents it).
-  config.eval = evaluators.eval_defaults()
+  # Evaluation during training and by `python -m mmali_jax.evaluate` (docs/algorithm.md §9).
+  config.eval = eval_defaults()
   return config
+
+
+def from_dict(values):
+  """The config of a stored run (the dict form of <workdir>/config.json): the defaults, with their
+  types and placeholders, and the stored values on top, so that command-line overrides such as
+  --config.data.tfds_data_dir=DIR work on it as on a config file."""
+  config = base_config()
+  _update(config, values)
+  return config
+
+
+def _update(config, values):
+  for key, value in values.items():
+    if key == 'modalities':
+      config.modalities = [ml_collections.ConfigDict(m) for m in value]
+    elif isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+      _update(config[key], value)
+    else:
+      config[key] = value
+
+
+def eval_defaults():
+  """Defaults of `config.eval`."""
+  return ml_collections.ConfigDict(dict(
+      # Periodic evaluation during training, and after its last step (the reference's
+      # eval_interval); 0 = no evaluation during training.
+      every_steps=50_000,
+      # Default: <workdir>/classifiers.
+      classifier_dir=ml_collections.config_dict.placeholder(str),
+      # The reference trains 100 epochs; MNIST's is at 98.75% after 30 (docs/algorithm.md §9).
+      classifier_epochs=30,
+      classifier_batch_size=256,
+      classifier_lr=1e-3,
+      # Last training examples held out for selecting the kept classifier epoch.
+      classifier_holdout=5_000,
+      # The linear probe: Adam(1e-3), batch 256, 100 epochs, as the reference.
+      probe_epochs=100,
+      probe_batch_size=256,
+      probe_lr=1e-3,
+      # Last training examples held out for the probe's `selected_test_accuracy`.
+      probe_holdout=5_000,
+      # Parts of z probed: 'both' (Tables 1, 2), 'content' and 'style' (Table 3).
+      probe_parts=('both', 'content', 'style'),
+      # Joint coherence: prior samples (the reference: 10,000).
+      num_joint_samples=10_000,
+      # Chunk size of the jitted evaluation functions (does not change any number).
+      batch_size=1_000,
+      # Examples (columns) in Figures 3 and 4.
+      num_figure_examples=10,
+  ))
+
+
+def eval_config(config):
+  """`config.eval` with every default filled in (works on configs without an `eval` field)."""
+  merged = eval_defaults()
+  if 'eval' in config:
+    for key, value in config.eval.items():  # resolved values: placeholders can't be merged
+      merged[key] = value
+  return merged

@@ -1,6 +1,6 @@
 """Every loss term of MMALI as a small pure function over discriminator outputs.
 
-Notation (ALGORITHM.md §1, §3): M modalities; q_m(X, z) = q(X) q(z|x_m) is encoder class m,
+Notation (docs/algorithm.md §1-§4): M modalities; q_m(X, z) = q(X) q(z|x_m) is encoder class m,
 p(X, z) = p(z) prod_m p(x_m|z) is the decoder class M. z = [s | c] (style | content).
 All functions return batch means; the objectives add them up unweighted unless a weight is named.
 """

@@ -1,28 +1,11 @@
-"""Modality registry: the config names a network family per modality; this maps it to modules.
+"""The config's modalities as records: name, dataset, network family, rotation, weight.
 
-A new image dataset needs only a config entry (and, for a new architecture, one more family).
+A new image dataset needs only a config entry; a new architecture, one entry in
+`mmali_jax.models.registry`.
 """
 import dataclasses
 
-from mmali_jax.models import mnist
-from mmali_jax.models import svhn
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkFamily:
-  image_shape: tuple  # H, W, C
-  encoder: type
-  decoder: type
-  xz_discriminator: type
-  x_features: type  # x branch of the joint critic and the monolithic discriminator
-
-
-NETWORKS = {
-    'mnist': NetworkFamily((28, 28, 1), mnist.Encoder, mnist.Decoder, mnist.XZDiscriminator,
-                           mnist.XFeatures),
-    'svhn': NetworkFamily((32, 32, 3), svhn.Encoder, svhn.Decoder, svhn.XZDiscriminator,
-                          svhn.XFeatures),
-}
+from mmali_jax.models import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +18,7 @@ class Modality:
 
   @property
   def family(self):
-    return NETWORKS[self.network]
+    return registry.family(self.network)
 
   @property
   def image_shape(self):
@@ -49,9 +32,9 @@ def from_config(config):
                      '(see configs/multimnist.py for an example).')
   specs = []
   for spec in config.modalities:
-    if spec.network not in NETWORKS:
+    if spec.network not in registry.FAMILIES:
       raise ValueError(f'Modality {spec.name!r}: unknown network {spec.network!r}; '
-                       f'choose one of {sorted(NETWORKS)}.')
+                       f'choose one of {sorted(registry.FAMILIES)}.')
     specs.append(Modality(spec.name, spec.dataset, spec.network, int(spec.rotation) % 4,
                           float(spec.rec_weight)))
   specs.sort(key=lambda m: m.name)

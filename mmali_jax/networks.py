@@ -1,12 +1,13 @@
 """Builds the Flax modules for a config and binds them to parameters for the objectives."""
 import jax.numpy as jnp
 
+from mmali_jax import default_config
 from mmali_jax import modalities as modalities_lib
 from mmali_jax import posterior
 from mmali_jax.models import discriminators
 from mmali_jax.models import generators
 
-DISCRIMINATOR_KINDS = ('factorized', 'joint')
+discriminator_kind = default_config.discriminator_kind
 
 
 def build(config):
@@ -16,13 +17,10 @@ def build(config):
     raise ValueError(f'style_dim={config.style_dim} must lie strictly between 0 and '
                      f'latent_dim={config.latent_dim}: z = [style | content] needs both parts.')
   gen = generators.Generators(mods, config.latent_dim)
-  if config.discriminator == 'factorized':
+  if discriminator_kind(config.discriminator) == 'factorized':
     disc = discriminators.FactorizedDiscriminators(mods, config.joint_critic)
-  elif config.discriminator == 'joint':
-    disc = discriminators.MonolithicDiscriminator(mods)
   else:
-    raise ValueError(f'config.discriminator={config.discriminator!r}; choose one of '
-                     f'{DISCRIMINATOR_KINDS}.')
+    disc = discriminators.MonolithicDiscriminator(mods)
   return mods, gen, disc
 
 
@@ -30,10 +28,11 @@ def dummy_inputs(mods, config, batch_size=1):
   """Inputs with the right shapes, for initialisation."""
   xs = [jnp.zeros((batch_size,) + m.image_shape, jnp.float32) for m in mods]
   zs = [jnp.zeros((batch_size, config.latent_dim), jnp.float32) for _ in mods]
-  if config.discriminator == 'joint':
+  if discriminator_kind(config.discriminator) == 'monolithic':
     content_dim = config.latent_dim - config.style_dim
-    joint_z = jnp.zeros((batch_size, len(mods) * config.style_dim + content_dim), jnp.float32)
-    return xs, zs, (xs, joint_z)
+    monolithic_z = jnp.zeros((batch_size, len(mods) * config.style_dim + content_dim),
+                             jnp.float32)
+    return xs, zs, (xs, monolithic_z)
   return xs, zs, (xs, zs)
 
 
@@ -75,13 +74,13 @@ class Bound:
     return self._discriminate('content', m, x, z)
 
   def joint_critic(self, xs):
-    return self._discriminate('joint', xs)
+    return self._discriminate('joint_critic', xs)
 
   def monolithic(self, xs, z):
     return self._discriminate('__call__', xs, z)
 
   def style(self, z):
-    return z[:, :self.style_dim]
+    return posterior.split_latent(z, self.style_dim)[0]
 
   def content(self, z):
-    return z[:, self.style_dim:]
+    return posterior.split_latent(z, self.style_dim)[1]

@@ -1,6 +1,7 @@
 """Gaussian posteriors q(z|x): reparameterised sampling and products of experts.
 
-Encoders output a diagonal Gaussian as (mean, log-variance), each in [style | content] layout.
+Encoders output a diagonal Gaussian as (mean, log-variance), each in [style | content] layout
+(docs/algorithm.md §1).
 """
 import math
 
@@ -32,6 +33,11 @@ def product_of_experts(means, logvars, average=True):
   return poe_mean, poe_logvar
 
 
-def split_style_content(z, style_dim):
-  """[style | content] -> (style, content)."""
+def split_latent(z, style_dim):
+  """z = [style | content] -> (style, content)."""
   return z[..., :style_dim], z[..., style_dim:]
+
+
+def join_latent(style, content):
+  """(style, content) -> z = [style | content]."""
+  return jnp.concatenate([style, content], axis=-1)

@@ -1,10 +1,9 @@
 """Sample grids written at every checkpoint, from the EMA generators and fixed inputs/noise."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from mmali_jax import images
 from mmali_jax import posterior
-from mmali_jax.evaluators import figures
 
 
 def make_sample_fn(gen, mods, style_dim):
@@ -32,9 +31,10 @@ def make_sample_fn(gen, mods, style_dim):
     rows = []  # in the order of `names`
     for m in range(len(mods)):
       rows += [xs[m], decode(m, z_enc[m])]
-      rows += [decode(m, jnp.concatenate([fixed_styles[m], z_enc[j][:, style_dim:]], axis=-1))
+      rows += [decode(m, posterior.join_latent(fixed_styles[m],
+                                               posterior.split_latent(z_enc[j], style_dim)[1]))
                for j in range(len(mods)) if j != m]
-      rows.append(decode(m, jnp.concatenate([fixed_styles[m], fixed_content], axis=-1)))
+      rows.append(decode(m, posterior.join_latent(fixed_styles[m], fixed_content)))
     return rows
 
   return names, jax.jit(sample)
@@ -42,6 +42,6 @@ def make_sample_fn(gen, mods, style_dim):
 
 def write_grid(names, rows, path):
   """Writes the labelled PNG and returns the grid as float [1, H, W, 3] for TensorBoard."""
-  grid = figures.image_grid([list(np.asarray(r)) for r in rows], path, row_labels=names,
+  grid = images.image_grid([list(np.asarray(r)) for r in rows], path, row_labels=names,
                             scale=2)
   return grid[None].astype(np.float32) / 255.0

@@ -1,7 +1,9 @@
 """The one training loop: data, state, resume, the jitted step on a device mesh, logs, saves."""
 import concurrent.futures
+import contextlib
 import json
 import os
+import time
 
 from absl import logging
 from clu import metric_writers
@@ -11,12 +13,13 @@ import numpy as np
 
 from mmali_jax import checkpointing
 from mmali_jax import curves
-from mmali_jax import evaluate
-from mmali_jax import evaluators
+from mmali_jax import default_config
+from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import samples
 from mmali_jax import train_step as train_step_lib
 from mmali_jax.data import pipeline
+from mmali_jax.evaluators import evaluator as evaluator_lib
 
 # Fields that may change between runs on one workdir (how long and how verbosely to train, where
 # the data lives); any other change would make the checkpoints mean something else.
@@ -72,6 +75,14 @@ def compile_train_step(config, gen, disc, mods, mesh):
   return step_fn, replicated, data_sharded
 
 
+def _comparable(config_dict):
+  """Flattened config, with discriminator aliases resolved (so 'joint' resumes 'monolithic')."""
+  flat = _flatten(config_dict)
+  if 'discriminator' in flat:
+    flat['discriminator'] = default_config.discriminator_kind(flat['discriminator'])
+  return flat
+
+
 def _check_workdir_config(config, workdir):
   """Writes <workdir>/config.json, or refuses to resume a run made with a different config."""
   path = os.path.join(workdir, 'config.json')
@@ -80,7 +91,7 @@ def _check_workdir_config(config, workdir):
     with open(path) as f:
       saved = json.load(f)
     ignore = lambda k: any(k == f or k.startswith(f + '.') for f in RESUMABLE_FIELDS)
-    a, b = _flatten(saved), _flatten(current)
+    a, b = _comparable(saved), _comparable(current)
     changed = sorted(k for k in set(a) | set(b) if not ignore(k) and a.get(k) != b.get(k))
     if changed:
       details = ', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed)
@@ -90,6 +101,20 @@ def _check_workdir_config(config, workdir):
   with open(path + '.tmp', 'w') as f:
     json.dump(current, f, indent=2)
   os.replace(path + '.tmp', path)
+
+
+class ProgressReport(periodic_actions.ReportProgress):
+  """clu's progress report (steps/s, ETA, share of time per part), whose steps/s and ETA leave
+  out the time spent in `excluded` blocks (evaluation), which would otherwise distort both."""
+
+  @contextlib.contextmanager
+  def excluded(self, name):
+    start = time.monotonic()
+    with self.timed(name, wait_jax_async_dispatch=False):
+      yield
+    if self._previous_time is not None:
+      # Rates are (step - previous step) / (now - previous time): skip the block's duration.
+      self._previous_time += time.monotonic() - start
 
 
 class _Prefetcher:
@@ -143,7 +168,7 @@ def train_and_evaluate(config, workdir):
   # Fixed inputs and noise for the sample grids, the same at every checkpoint and on resume.
   rng = np.random.default_rng([config.seed, 7])
   num_images = min(config.num_sample_images, dataset.num_pairs)
-  fixed_x = [pipeline.to_float(x) for x in
+  fixed_x = [images.to_float(x) for x in
              dataset.batch(rng.choice(dataset.num_pairs, num_images, replace=False)).values()]
   content_dim = config.latent_dim - config.style_dim
   fixed_styles = [rng.standard_normal((num_images, config.style_dim), np.float32) for _ in mods]
@@ -167,10 +192,11 @@ def train_and_evaluate(config, workdir):
     writer.flush()
     curves.write_loss_curves(workdir, os.path.join(workdir, 'loss_curves.png'))
 
-  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                           writer=writer, every_steps=config.log_every_steps)
+  report = ProgressReport(num_train_steps=config.num_train_steps, writer=writer,
+                          every_steps=config.log_every_steps)
   # The reference evaluates every 50,000 iterations and after the last one; 0 turns it off.
-  eval_every = evaluators.eval_config(config).every_steps
+  eval_every = default_config.eval_config(config).every_steps
+  evaluator = evaluator_lib.Evaluator(config, workdir)  # built on its first run
   prefetcher = _Prefetcher(sampler, start, config.num_train_steps)
   pending = []
   try:
@@ -192,9 +218,9 @@ def train_and_evaluate(config, workdir):
         save(state)
       if eval_every and (done % eval_every == 0 or done == config.num_train_steps):
         if done % config.checkpoint_every_steps and done != config.num_train_steps:
-          save(state)  # evaluation reads the checkpoint, as a separate evaluation run would
-        checkpointer.manager.wait_until_finished()
-        results = evaluate.evaluate(config, workdir, done)
+          save(state)  # every evaluated step has its checkpoint, to evaluate again later
+        with report.excluded('eval'):
+          results = evaluator.run(state.ema_params, done)
         writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
   finally:
     prefetcher.close()

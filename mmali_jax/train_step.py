@@ -1,12 +1,15 @@
-"""The training state and one iteration: discriminator step, then generator step, then EMA."""
+"""The training state and one iteration: discriminator step, then generator step, then EMA.
+
+The order and the optimisers follow docs/algorithm.md §5.
+"""
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import objectives
-from mmali_jax.data import pipeline
 from mmali_jax.models import layers
 
 
@@ -59,13 +62,13 @@ def make_train_step(config, gen, disc, mods):
 
   `batch` maps 'a', 'b', 'b_marginals', 'c', 'd' to {modality name: uint8 images [B, H, W, C]}.
   """
-  objective = objectives.OBJECTIVES[config.discriminator]
+  objective = objectives.OBJECTIVES[networks.discriminator_kind(config.discriminator)]
   opt = make_optimizer(config)
 
   def train_step(state, batch):
     rng_d, rng_g = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    xs = {key: [pipeline.to_float(images[m.name]) for m in mods]
-          for key, images in batch.items()}
+    xs = {key: [images.to_float(per_modality[m.name]) for m in mods]
+          for key, per_modality in batch.items()}
 
     def d_loss_fn(disc_params):
       nets = networks.Bound(gen, disc, state.gen_params, disc_params, state.disc_stats,

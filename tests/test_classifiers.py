@@ -8,9 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmali_jax import classifiers
 from mmali_jax import default_config
-from mmali_jax import evaluators
+from mmali_jax.evaluators import classifiers
+from mmali_jax.models import mnist
+from mmali_jax.models import svhn
 
 
 def _squares(labels, seed, size=28, channels=1):
@@ -31,23 +32,24 @@ def _config(*modalities):
 
 
 def test_architectures_and_registry():
-  mnist = classifiers.make_classifier('mnist')
-  svhn = classifiers.make_classifier('svhn')
-  assert isinstance(mnist, classifiers.MnistClassifier)
-  assert isinstance(svhn, classifiers.SvhnClassifier)
-  v = jax.jit(mnist.init)(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
-  assert jax.jit(mnist.apply)(v, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+  lenet = classifiers.make_classifier('mnist')
+  svhn_cnn = classifiers.make_classifier('svhn')
+  assert isinstance(lenet, mnist.Classifier)
+  assert isinstance(svhn_cnn, svhn.Classifier)
+  v = jax.jit(lenet.init)(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))
+  assert jax.jit(lenet.apply)(v, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
   assert v['params']['Dense_0']['kernel'].shape == (320, 50)
-  v = jax.jit(svhn.init)(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
-  assert jax.jit(svhn.apply)(v, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+  v = jax.jit(svhn_cnn.init)(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+  assert jax.jit(svhn_cnn.apply)(v, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
   assert 'batch_stats' in v and v['params']['Dense_0']['kernel'].shape == (128, 10)
-  with pytest.raises(ValueError, match='svhn'):
+  with pytest.raises(ValueError, match=r"Unknown network family 'cub'; registered: "
+                                       r"\['mnist', 'svhn'\]"):
     classifiers.make_classifier('cub')
 
 
 @pytest.mark.parametrize('network,shape', [('mnist', (28, 28, 1)), ('svhn', (32, 32, 3))])
 def test_dropout_is_off_at_evaluation(network, shape):
-  """The reference's LeNet keeps dropout on at evaluation (ALGORITHM.md §8.2); ours does not."""
+  """The reference's LeNet keeps dropout on at evaluation; ours does not (docs/algorithm.md §10)."""
   model = classifiers.make_classifier(network)
   x = jax.random.uniform(jax.random.PRNGKey(1), (8,) + shape)
   v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
@@ -72,9 +74,9 @@ def test_distinct_classifiers_per_dataset_and_rotation():
 
 def test_eval_config_fills_defaults():
   config = _config()
-  assert evaluators.eval_config(config).classifier_epochs == 30
+  assert default_config.eval_config(config).classifier_epochs == 30
   config.eval = ml_collections.ConfigDict(dict(classifier_epochs=3))
-  merged = evaluators.eval_config(config)
+  merged = default_config.eval_config(config)
   assert merged.classifier_epochs == 3 and merged.probe_epochs == 100
 
 
@@ -111,7 +113,7 @@ def test_save_load_round_trip_and_missing_message(tmp_path):
   config = _config(default_config.modality('0mnist', 'mnist', 'mnist'))
   predict = classifiers.load_classifiers(config, str(classifier_dir))['0mnist']
   x = images[:16].astype(np.float32) / 255.0
-  expected = jnp.argmax(classifiers.MnistClassifier().apply(result['variables'], x), axis=-1)
+  expected = jnp.argmax(mnist.Classifier().apply(result['variables'], x), axis=-1)
   np.testing.assert_array_equal(predict(x), expected)
 
   config.modalities.append(default_config.modality('1mnist', 'mnist', 'mnist', rotation=1))

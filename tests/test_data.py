@@ -217,17 +217,6 @@ def test_unpaired_mode_draws_unimodal_batches_from_whole_datasets():
   assert sorted(paired) == sorted(valid) and len(paired) == 20
 
 
-def test_to_float_numpy_and_jax():
-  import jax  # pylint: disable=g-import-not-at-top
-  images = np.array([0, 51, 255], np.uint8)
-  out = pipeline.to_float(images)
-  assert out.dtype == np.float32
-  np.testing.assert_allclose(out, [0.0, 0.2, 1.0], rtol=1e-6)
-  jitted = jax.jit(pipeline.to_float)(images)
-  assert jitted.dtype == np.float32
-  np.testing.assert_allclose(np.asarray(jitted), out)
-
-
 # -------------------------------------------------------------------------------------- loader
 
 

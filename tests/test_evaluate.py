@@ -1,15 +1,19 @@
-"""`python -m mmali_jax.evaluate` end to end on a checkpoint written by a short training run."""
+"""Evaluation of trained models: during training, by `python -m mmali_jax.evaluate`, reports."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow_datasets as tfds
 
 from mmali_jax import checkpointing
-from mmali_jax import classifiers
 from mmali_jax import evaluate
-from mmali_jax import paper
 from mmali_jax import train
+from mmali_jax.evaluators import classifiers
+from mmali_jax.evaluators import evaluator
+from mmali_jax.evaluators import report
+from tests.conftest import ROOT
 from tests.conftest import small_config
 
 
@@ -24,38 +28,64 @@ def _eval_settings(config):
   return config
 
 
-def test_evaluate_a_trained_checkpoint(tmp_path):
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_periodic_evaluation_equals_the_evaluate_command_on_that_checkpoint(tmp_path):
   config = _eval_settings(small_config('multimnist', 'modalities=2', num_train_steps=2,
-                                       checkpoint_every_steps=2))
+                                       checkpoint_every_steps=1))
   config.eval.every_steps = 1  # periodic evaluation during training, after steps 1 and 2
   workdir = str(tmp_path)
   with tfds.testing.mock_data(num_examples=24):
-    train.train_and_evaluate(config, workdir)
-    for step in (1, 2):
-      with open(tmp_path / 'eval' / f'metrics_step_{step}.json') as f:
-        assert json.load(f)['step'] == step
     classifiers.train_all(config, os.path.join(workdir, 'classifiers'))
+    train.train_and_evaluate(config, workdir)
+    periodic = {step: _read_json(tmp_path / 'eval' / f'metrics_step_{step}.json')
+                for step in (1, 2)}
     # As the command line does: the config comes back from the workdir.
     restored_config = checkpointing.load_config(workdir)
     assert [m.name for m in restored_config.modalities] == ['0mnist', '1mnist']
-    metrics = evaluate.evaluate(restored_config, workdir)
+    assert restored_config.eval.probe_epochs == 2
+    from_checkpoint = evaluate.evaluate(restored_config, workdir, step=1)
+    latest = evaluate.evaluate(restored_config, workdir)
 
-  assert metrics['step'] == 2
-  with open(tmp_path / 'eval' / 'metrics.json') as f:
-    assert json.load(f) == metrics
-  for readout in evaluate.PROBE_READOUTS:
-    assert 0.0 <= metrics[f'latent/0mnist/both/{readout}'] <= 100.0
+  assert periodic[1] != periodic[2]  # the two steps' EMA weights differ ...
+  assert from_checkpoint == periodic[1]  # ... and each is evaluated identically from memory
+  assert latest == periodic[2]  # and from its checkpoint.
+  assert latest['step'] == 2
+  assert _read_json(tmp_path / 'eval' / 'metrics.json') == latest
+  for readout in evaluator.PROBE_READOUTS:
+    assert 0.0 <= latest[f'latent/0mnist/both/{readout}'] <= 100.0
   # Only the unrotated modality is probed (Table 1).
-  assert not any(k.startswith('latent/1mnist') for k in metrics)
+  assert not any(k.startswith('latent/1mnist') for k in latest)
   for key in ('coherence/joint', 'coherence/cross/0mnist_to_1mnist',
               'coherence/cross/1mnist_to_0mnist', 'coherence/synergy/0mnist',
               'classifier/0mnist/test_accuracy', 'classifier/1mnist/test_accuracy'):
-    assert 0.0 <= metrics[key] <= 100.0, key
-  report = (tmp_path / 'eval' / 'report.md').read_text()
-  assert '| latent/0mnist/both (best test accuracy over epochs (reference protocol)) |' in report
-  assert '| 97.02 |' in report  # Table 1, M = 2, factorized
+    assert 0.0 <= latest[key] <= 100.0, key
+  text = (tmp_path / 'eval' / 'report.md').read_text()
+  assert '| latent/0mnist/both (best test accuracy over epochs (reference protocol)) |' in text
+  assert '| 97.02 |' in text  # Table 1, M = 2, factorized
   for figure in ('figure3.png', 'figure4.png'):
     assert os.path.getsize(tmp_path / 'eval' / figure) > 0
+
+
+def test_one_evaluator_scores_new_parameters_without_rebuilding(tmp_path):
+  config = _eval_settings(small_config('multimnist', 'modalities=2', num_train_steps=2,
+                                       checkpoint_every_steps=1))
+  with tfds.testing.mock_data(num_examples=24):
+    train.train_and_evaluate(config, str(tmp_path))
+    scorer = evaluator.Evaluator(config, str(tmp_path))
+    first = scorer.run(checkpointing.restore_ema(str(tmp_path), 1)[0], 1)
+    figure = (tmp_path / 'eval' / 'figure3.png').read_bytes()
+    built, compiled = scorer.test, scorer._encode._cache_size()  # pylint: disable=protected-access
+    second = scorer.run(checkpointing.restore_ema(str(tmp_path), 2)[0], 2)
+  assert first['step'] == 1 and second['step'] == 2
+  # Test pairs loaded once, encoders compiled once ...
+  assert scorer.test is built
+  assert scorer._encode._cache_size() == compiled  # pylint: disable=protected-access
+  # ... and the second parameters drew a different figure.
+  assert (tmp_path / 'eval' / 'figure3.png').read_bytes() != figure
 
 
 def test_evaluate_without_classifiers_says_how_to_train_them(tmp_path):
@@ -65,8 +95,8 @@ def test_evaluate_without_classifiers_says_how_to_train_them(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
     metrics = evaluate.evaluate(config, str(tmp_path))
   assert not any(k.startswith('coherence/') for k in metrics)
-  report = (tmp_path / 'eval' / 'report.md').read_text()
-  assert 'python -m mmali_jax.classifiers' in report
+  text = (tmp_path / 'eval' / 'report.md').read_text()
+  assert 'python -m mmali_jax.classifiers' in text
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
@@ -75,10 +105,44 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     evaluate.evaluate(config, str(tmp_path))
 
 
+def _evaluate_command(*args):
+  return subprocess.run([sys.executable, '-m', 'mmali_jax.evaluate', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_evaluate_command_overrides_the_stored_config(tmp_path):
+  """--config.FIELD=VALUE on the stored config, without --config: here the data moved."""
+  config = small_config('multimnist', 'modalities=2', num_train_steps=1,
+                        checkpoint_every_steps=1)
+  config.data.tfds_data_dir = str(tmp_path / 'old_data')
+  with tfds.testing.mock_data(num_examples=24):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  moved = tmp_path / 'moved_data'
+  result = _evaluate_command(f'--workdir={tmp_path / "run"}',
+                             f'--config.data.tfds_data_dir={moved}')
+  # No data in either folder: the message names the overridden one, not the stored one.
+  assert result.returncode == 1, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert str(moved / 'downloads' / 'manual') in result.stderr
+  assert 'old_data' not in result.stderr
+  assert checkpointing.load_config(str(tmp_path / 'run')).data.tfds_data_dir == str(
+      tmp_path / 'old_data')  # the stored config is not rewritten by an override
+
+
+def test_evaluate_command_on_a_directory_that_is_not_a_run(tmp_path):
+  result = _evaluate_command(f'--workdir={tmp_path}')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert 'is not a training workdir' in result.stderr
+
+
 def test_paper_values_pick_the_right_table():
-  assert paper.paper_values(small_config('multimnist', 'modalities=3,discriminator=joint')) == {
+  monolithic = small_config('multimnist', 'modalities=3,discriminator=monolithic')
+  assert report.paper_values(monolithic) == {'latent/0mnist/both': 85.44}
+  # The older name of the baseline is the same experiment.
+  assert report.paper_values(small_config('multimnist', 'modalities=3,discriminator=joint')) == {
       'latent/0mnist/both': 85.44}
-  values = paper.paper_values(small_config('mnist_svhn', 'percentage=0.2'))
+  values = report.paper_values(small_config('mnist_svhn', 'percentage=0.2'))
   assert values['coherence/cross/0mnist_to_1svhn'] == 86.19
   assert 'latent/0mnist/content' not in values  # Table 3 is for 100% only
-  assert paper.paper_values(small_config('mnist_svhn'))['latent/1svhn/style'] == 21.39
+  assert report.paper_values(small_config('mnist_svhn'))['latent/1svhn/style'] == 21.39

@@ -1,10 +1,11 @@
-"""Evaluators on constructed cases whose answers are known (issue 3)."""
+"""Evaluators on constructed cases whose answers are known."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 
+from mmali_jax import posterior
 from mmali_jax.evaluators import coherence
 from mmali_jax.evaluators import common
 from mmali_jax.evaluators import figures
@@ -57,26 +58,27 @@ def _label_encoder(x):
   return mean, jnp.full_like(mean, -20.0)
 
 
+def _latent_probe(part, train_x, train_y, test_x, test_y, *, epochs, lr, seed, holdout):
+  """The evaluator's way: posterior statistics of each split, then a probe on their part."""
+  stats = [latent_probe.latent_stats(_label_encoder, x, STYLE_DIM, part) for x in (train_x, test_x)]
+  probe = latent_probe.LinearProbe(epochs=epochs, lr=lr)
+  return probe(stats[0], train_y, stats[1], test_y, seed=seed, holdout=holdout)
+
+
 def test_probe_on_one_hot_label_latent_is_perfect_and_style_is_chance():
   train_x, train_y = _onehot_data(2000, 0)
   test_x, test_y = _onehot_data(500, 1)
   kwargs = dict(epochs=15, lr=1e-2, seed=0, holdout=300)
-  content = latent_probe.linear_probe(
-      latent_probe.latent_features(_label_encoder, STYLE_DIM, 'content'),
-      train_x, train_y, test_x, test_y, **kwargs)
+  content = _latent_probe('content', train_x, train_y, test_x, test_y, **kwargs)
   assert content['final_test_accuracy'] == 1.0
   assert content['selected_test_accuracy'] == 1.0
   assert content['best_test_accuracy_over_epochs'] == 1.0
   assert (content['num_train'], content['num_holdout'], content['num_test']) == (1700, 300, 500)
   assert len(content['history']) == 15
-  both = latent_probe.linear_probe(
-      latent_probe.latent_features(_label_encoder, STYLE_DIM, 'both'),
-      train_x, train_y, test_x, test_y, **kwargs)
+  both = _latent_probe('both', train_x, train_y, test_x, test_y, **kwargs)
   assert both['final_test_accuracy'] == 1.0
   # The style part is all zeros: nothing to learn from it.
-  style = latent_probe.linear_probe(
-      latent_probe.latent_features(_label_encoder, STYLE_DIM, 'style'),
-      train_x, train_y, test_x, test_y, **dict(kwargs, epochs=5))
+  style = _latent_probe('style', train_x, train_y, test_x, test_y, **dict(kwargs, epochs=5))
   assert style['final_test_accuracy'] < 0.3
 
 
@@ -86,9 +88,8 @@ def test_probe_is_fit_on_train_only():
   train_x, train_y = _onehot_data(2000, 0)
   test_x, test_y = _onehot_data(1000, 1)
   shuffled_test_y = (test_y + 1 + np.random.default_rng(2).integers(0, 9, len(test_y))) % 10
-  result = latent_probe.linear_probe(
-      latent_probe.latent_features(_label_encoder, STYLE_DIM, 'content'),
-      train_x, train_y, test_x, shuffled_test_y, epochs=10, lr=1e-2, seed=0, holdout=300)
+  result = _latent_probe('content', train_x, train_y, test_x, shuffled_test_y, epochs=10, lr=1e-2,
+                         seed=0, holdout=300)
   assert all(h['holdout_accuracy'] == 1.0 for h in result['history'][-3:])
   # Every test label is wrong for its features: once the probe has learnt the training mapping,
   # its test accuracy is exactly 0 (a probe fit on the test pairs would score above chance).
@@ -96,25 +97,27 @@ def test_probe_is_fit_on_train_only():
   assert result['best_test_accuracy_over_epochs'] < 0.1
 
 
-def test_latent_features_precompute_matches_direct_sampling():
+def test_cached_posterior_statistics_match_sampling_the_encoder():
   x, _ = _onehot_data(64, 0)
-  encode = lambda x: (x @ jnp.ones((10, LATENT_DIM)), jnp.full((x.shape[0], LATENT_DIM), -1.0))
-  features = latent_probe.latent_features(encode, STYLE_DIM, 'content')
+  encode = lambda x: (x @ jnp.arange(10.0 * LATENT_DIM).reshape(10, LATENT_DIM),
+                      jnp.full((x.shape[0], LATENT_DIM), -1.0))
   key = jax.random.PRNGKey(3)
-  direct = features(key, x)
-  cached = features.sample(key, features.precompute(x))
-  assert direct.shape == (64, CONTENT_DIM)
+  mean, logvar = encode(x)
+  direct = posterior.sample(key, mean[:, STYLE_DIM:], logvar[:, STYLE_DIM:])
+  stats = latent_probe.latent_stats(encode, x, STYLE_DIM, 'content', chunk_size=24)
+  cached = latent_probe.gaussian_sample(key, stats)
+  assert cached.shape == (64, CONTENT_DIM)
   np.testing.assert_allclose(direct, cached, rtol=1e-6, atol=1e-6)
   # Fresh noise per key: the features are re-sampled.
-  assert not np.allclose(features(jax.random.PRNGKey(4), x), direct)
+  assert not np.allclose(latent_probe.gaussian_sample(jax.random.PRNGKey(4), stats), cached)
 
 
 def test_probe_accepts_a_plain_features_fn():
   train_x, train_y = _onehot_data(1000, 0)
   test_x, test_y = _onehot_data(200, 1)
   features_fn = lambda rng, x: 5.0 * x + 0.01 * jax.random.normal(rng, x.shape)
-  result = latent_probe.linear_probe(features_fn, train_x, train_y, test_x, test_y, epochs=15,
-                                     lr=1e-2, seed=0, holdout=0)
+  probe = latent_probe.LinearProbe(features_fn, epochs=15, lr=1e-2)
+  result = probe(train_x, train_y, test_x, test_y, seed=0, holdout=0)
   assert result['final_test_accuracy'] == 1.0
   assert result['selected_epoch'] == 15  # Without a held-out set, the final epoch.
 
@@ -178,38 +181,43 @@ def _paired(n=250):
 CLASSIFIERS = {'a': _classify, 'b': _classify}
 
 
+def _coherence(encoders, decoders, classifiers=CLASSIFIERS, **kwargs):
+  """A Coherence of parameter-free toy models (they ignore the `params` argument)."""
+  ignore_params = lambda fns: {m: (lambda params, v, f=f: f(v)) for m, f in fns.items()}
+  return coherence.Coherence(ignore_params(encoders), ignore_params(decoders), classifiers,
+                             style_dim=STYLE_DIM, latent_dim=LATENT_DIM, **kwargs)
+
+
 def test_joint_coherence_of_a_coherent_generator_is_one():
   decoders = {'a': _coherent_decoder(1), 'b': _coherent_decoder(3)}
-  score = coherence.joint_coherence(decoders, CLASSIFIERS, LATENT_DIM, rng=jax.random.PRNGKey(0),
-                                    num_samples=3000, batch_size=512)
+  score = _coherence({}, decoders, CLASSIFIERS, num_joint_samples=3000,
+                    batch_size=512).joint(None, rng=jax.random.PRNGKey(0))
   assert score == 1.0
 
 
 def test_joint_coherence_with_a_decoder_ignoring_z_is_chance():
   decoders = {'a': _coherent_decoder(1), 'b': _constant_decoder(3)}
-  score = coherence.joint_coherence(decoders, CLASSIFIERS, LATENT_DIM, rng=jax.random.PRNGKey(0),
-                                    num_samples=10_000, batch_size=2048)
+  score = _coherence({}, decoders, CLASSIFIERS, num_joint_samples=10_000,
+                    batch_size=2048).joint(None, rng=jax.random.PRNGKey(0))
   assert 0.08 < score < 0.12
 
 
 def test_joint_coherence_needs_all_modalities_to_agree():
   decoders = {'a': _coherent_decoder(1), 'b': _coherent_decoder(1), 'c': _constant_decoder(1)}
   classifiers = {m: _classify for m in decoders}
-  score = coherence.joint_coherence(decoders, classifiers, LATENT_DIM, rng=jax.random.PRNGKey(1),
-                                    num_samples=10_000, batch_size=2048)
+  score = _coherence({}, decoders, classifiers, num_joint_samples=10_000,
+                    batch_size=2048).joint(None, rng=jax.random.PRNGKey(1))
   assert 0.08 < score < 0.12
 
 
 def test_cross_coherence_perfect_and_chance():
   images, labels = _paired()
   encoders = {'a': _precise_encoder(), 'b': _precise_encoder()}
-  perfect = coherence.cross_coherence(
-      encoders, {'a': _coherent_decoder(1), 'b': _coherent_decoder(3)}, CLASSIFIERS, images,
-      labels, rng=jax.random.PRNGKey(0), batch_size=64)
+  perfect = _coherence(encoders, {'a': _coherent_decoder(1), 'b': _coherent_decoder(3)},
+                       batch_size=64).cross(None, images, labels, rng=jax.random.PRNGKey(0))
   assert perfect == {'a_to_b': 1.0, 'b_to_a': 1.0}
-  ignoring = coherence.cross_coherence(
-      encoders, {'a': _coherent_decoder(1), 'b': _constant_decoder(3)}, CLASSIFIERS, images,
-      labels, rng=jax.random.PRNGKey(0), batch_size=64)
+  ignoring = _coherence(encoders, {'a': _coherent_decoder(1), 'b': _constant_decoder(3)},
+                        batch_size=64).cross(None, images, labels, rng=jax.random.PRNGKey(0))
   # The constant decoder always draws a 3: right for exactly the 10% of pairs labelled 3.
   assert ignoring == {'a_to_b': 0.1, 'b_to_a': 1.0}
 
@@ -218,8 +226,8 @@ def test_cross_coherence_from_an_uninformative_encoder_is_chance():
   images, labels = _paired(2000)
   encoders = {'a': _uninformative_encoder(), 'b': _precise_encoder()}
   decoders = {'a': _coherent_decoder(1), 'b': _coherent_decoder(3)}
-  scores = coherence.cross_coherence(encoders, decoders, CLASSIFIERS, images, labels,
-                                     rng=jax.random.PRNGKey(0), batch_size=500)
+  scores = _coherence(encoders, decoders, batch_size=500).cross(None, images, labels,
+                                                               rng=jax.random.PRNGKey(0))
   assert 0.05 < scores['a_to_b'] < 0.15
   assert scores['b_to_a'] == 1.0
 
@@ -242,12 +250,11 @@ def test_synergy_uses_poe_content_and_own_style():
   images, labels = _paired(1000)
   encoders = {'a': _uninformative_encoder(style_mean=5.0), 'b': _precise_encoder(style_mean=-5.0)}
   decoders = {'a': _style_checking_decoder(1, +1), 'b': _style_checking_decoder(3, -1)}
-  scores = coherence.synergy(encoders, decoders, CLASSIFIERS, images, labels, STYLE_DIM,
-                             rng=jax.random.PRNGKey(0), batch_size=256)
+  scorer = _coherence(encoders, decoders, batch_size=256)
+  scores = scorer.synergy(None, images, labels, rng=jax.random.PRNGKey(0))
   assert scores == {'a': 1.0, 'b': 1.0}
   # Without the product, 'a' alone is at chance.
-  cross = coherence.cross_coherence(encoders, decoders, CLASSIFIERS, images, labels,
-                                    rng=jax.random.PRNGKey(0), batch_size=256)
+  cross = scorer.cross(None, images, labels, rng=jax.random.PRNGKey(0))
   assert cross['a_to_b'] < 0.2
 
 
@@ -255,8 +262,8 @@ def test_synergy_with_decoders_ignoring_z_is_chance():
   images, labels = _paired()
   encoders = {'a': _precise_encoder(), 'b': _precise_encoder()}
   decoders = {'a': _constant_decoder(1, 7), 'b': _constant_decoder(3, 2)}
-  scores = coherence.synergy(encoders, decoders, CLASSIFIERS, images, labels, STYLE_DIM,
-                             rng=jax.random.PRNGKey(0), batch_size=64)
+  scores = _coherence(encoders, decoders, batch_size=64).synergy(None, images, labels,
+                                                                 rng=jax.random.PRNGKey(0))
   assert scores == {'a': 0.1, 'b': 0.1}
 
 
@@ -272,39 +279,31 @@ def test_coherence_over_index_pairs():
   images = {'a': _strips(labels_a, 1), 'b': _strips(labels_b, 3)}
   encoders = {'a': _precise_encoder(), 'b': _precise_encoder()}
   decoders = {'a': _coherent_decoder(1), 'b': _constant_decoder(3)}
-  results = coherence.evaluate_coherence(
-      encoders, decoders, CLASSIFIERS, images, pair_labels, style_dim=STYLE_DIM,
-      latent_dim=LATENT_DIM, rng=jax.random.PRNGKey(0), indices=pairs, num_joint_samples=1000,
-      batch_size=128)
+  scorer = _coherence(encoders, decoders, num_joint_samples=1000, batch_size=128)
+  results = scorer(None, images, pair_labels, rng=jax.random.PRNGKey(0), indices=pairs)
   assert results['cross/b_to_a'] == 1.0 and results['synergy/a'] == 1.0
   assert results['cross/a_to_b'] == 0.1 and results['synergy/b'] == 0.1
   assert 0.05 < results['joint'] < 0.16
-  with pytest.raises(ValueError):
-    coherence.cross_coherence(encoders, decoders, CLASSIFIERS, images, pair_labels,
-                              rng=jax.random.PRNGKey(0), indices=pairs[:, :1])
+  with pytest.raises(ValueError, match=r'indices has shape \(300, 1\); expected \(300, 2\)'):
+    scorer.cross(None, images, pair_labels, rng=jax.random.PRNGKey(0), indices=pairs[:, :1])
+
+
+def test_coherence_compiles_once_and_scores_each_parameter_set():
+  """Built once, run on new parameters: the same compiled functions, new numbers."""
+  images, labels = _paired(100)
+  shift_decoder = lambda params, z: _coherent_decoder(1)(z + params['shift'])
+  scorer = coherence.Coherence(
+      {m: (lambda params, x: _precise_encoder()(x)) for m in 'ab'},
+      {'a': shift_decoder, 'b': lambda params, z: _coherent_decoder(3)(z)}, CLASSIFIERS,
+      style_dim=STYLE_DIM, latent_dim=LATENT_DIM, batch_size=50)
+  shift_to = lambda digit: {'shift': 100.0 * jax.nn.one_hot(STYLE_DIM + digit, LATENT_DIM)}
+  right = scorer.cross({'shift': jnp.zeros(LATENT_DIM)}, images, labels, rng=jax.random.PRNGKey(0))
+  wrong = scorer.cross(shift_to(4), images, labels, rng=jax.random.PRNGKey(0))
+  assert right['b_to_a'] == 1.0 and wrong['b_to_a'] == 0.1  # every generated 'a' is now a 4
+  assert scorer._cross_predictions._cache_size() == 1  # pylint: disable=protected-access
 
 
 # ----------------------------------------------------------------------------- figures
-
-
-def test_image_grid_mixes_gray_and_rgb_sizes(tmp_path):
-  gray = np.ones((28, 28, 1), np.float32)  # A white 28x28 MNIST-like image.
-  rgb = np.zeros((32, 32, 3), np.float32)
-  rgb[..., 0] = 1.0  # A red 32x32 SVHN-like image.
-  path = tmp_path / 'grid.png'
-  grid = figures.image_grid([[gray, rgb, gray], [rgb]], path, pad=2)
-  assert grid.shape == (2 * 34 + 2, 3 * 34 + 2, 3)
-  read = np.asarray(Image.open(path))
-  np.testing.assert_array_equal(read, grid)
-  # The gray image is centred in a black 32x32 cell: 2 black pixels, then white.
-  np.testing.assert_array_equal(read[2 + 16, 2 + 1], [0, 0, 0])
-  np.testing.assert_array_equal(read[2 + 16, 2 + 2], [255, 255, 255])
-  np.testing.assert_array_equal(read[2 + 16, 36 + 16], [255, 0, 0])
-  # Missing cells of a short row stay background (white).
-  np.testing.assert_array_equal(read[36 + 16, 36 + 16], [255, 255, 255])
-  labelled = figures.image_grid([[gray], [rgb]], tmp_path / 'labelled.png', row_labels=['x', 'y'],
-                                scale=2)
-  assert labelled.shape[0] == 2 * (2 * 34 + 2) and labelled.shape[1] > 2 * 36
 
 
 def _image_models():

@@ -99,7 +99,7 @@ def test_factorized_logits_give_the_optimal_posterior_of_eq6(num):
 
 
 def test_cross_content_labels_follow_sorted_order():
-  # M = 4, m = 1: content of modality 0 -> 2, of 2 -> 3, of 3 -> 4 (ALGORITHM.md §3.4).
+  # M = 4, m = 1: content of modality 0 -> 2, of 2 -> 3, of 3 -> 4 (docs/algorithm.md §2.3).
   assert [factorized.cross_content_label(1, j) for j in (0, 2, 3)] == [2, 3, 4]
   assert [factorized.cross_content_label(0, j) for j in (1, 2, 3)] == [2, 3, 4]
   assert [factorized.cross_content_label(3, j) for j in (0, 1, 2)] == [2, 3, 4]

@@ -41,8 +41,8 @@ def test_multimnist_discriminator_outputs(num):
   assert all(d0.shape == (3, num + 1) for d0, _ in outs)
 
 
-def test_joint_baseline_discriminator():
-  config = load_config('multimnist', 'modalities=3,discriminator=joint')
+def test_monolithic_baseline_discriminator():
+  config = load_config('multimnist', 'modalities=3,discriminator=monolithic')
   _, _, disc, _, disc_vars, _, _, disc_inputs = _init(config)
   assert disc_inputs[1].shape == (3, 3 * 10 + 10)  # z = [s_1, s_2, s_3, c]
   assert disc.apply(disc_vars, *disc_inputs, update_stats=False).shape == (3, 4)

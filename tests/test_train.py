@@ -28,7 +28,7 @@ def _assert_trees_close(a, b, **tol):
 @pytest.mark.parametrize('name,arg', [
     ('mnist_svhn', ''),
     ('multimnist', 'modalities=3,discriminator=factorized'),
-    ('multimnist', 'modalities=3,discriminator=joint'),
+    ('multimnist', 'modalities=3,discriminator=monolithic'),
 ])
 def test_training_runs_and_writes_checkpoints(tmp_path, name, arg):
   config = small_config(name, arg)

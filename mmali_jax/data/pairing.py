@@ -1,4 +1,4 @@
-"""Multimodal pairs matched on class label, as index arrays (ALGORITHM.md §5).
+"""Multimodal pairs matched on class label, as index arrays (docs/algorithm.md §8).
 
 Generalises the reference's `rand_match_on_idx` (MNIST-SVHN, with `use_all`) and
 `MultiMNIST.rand_match_on_idx` to M modalities: per class, the first n_l examples of every

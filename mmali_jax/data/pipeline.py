@@ -1,4 +1,4 @@
-"""Multimodal datasets and the training batch sampler (ALGORITHM.md §3 "Data draws", §5).
+"""Multimodal datasets and the training batch sampler (docs/algorithm.md §5, §8).
 
 Batches are a pure function of (dataset, batch_size, seed, unpaired, step): a resumed run draws
 exactly the batches the uninterrupted run would have, with no iterator state in checkpoints.
@@ -28,13 +28,10 @@ def rotate(images, quarter_turns):
   return np.ascontiguousarray(np.rot90(images, k=k, axes=(1, 2)))
 
 
-def to_float(images):
-  """uint8 images -> float32 in [0, 1], as torchvision's ToTensor; float input is kept as it is.
-
-  Works on numpy and jax arrays (also inside jit)."""
-  if images.dtype == np.uint8:
-    return images.astype(np.float32) / 255.0
-  return images.astype(np.float32)
+def load_images(dataset, split, data_dir=None, rotation=0):
+  """(uint8 images [N, H, W, C] turned `rotation` quarter turns, int32 labels) of a TFDS split."""
+  images, labels = sources.load_split(dataset, split, data_dir)
+  return rotate(images, rotation), labels
 
 
 @dataclasses.dataclass(eq=False)
@@ -68,7 +65,7 @@ def load_dataset(config, split):
   """The paired train or test set of `config.modalities` (test pairs always use all data, p = 1).
 
   Unlike the reference, whose test pairs are redrawn unseeded at every evaluation, both splits'
-  pairings are seeded by config.seed (ALGORITHM.md §8.7).
+  pairings are seeded by config.seed (docs/algorithm.md §10).
   """
   if split not in _SPLIT_KEYS:
     raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
@@ -78,8 +75,8 @@ def load_dataset(config, split):
     raise ValueError(f'config.modalities needs distinct names, got {names}.')
   modalities = []
   for spec in specs:
-    images, labels = sources.load_split(spec.dataset, split, config.data.tfds_data_dir)
-    modalities.append(ModalityData(spec.name, rotate(images, spec.rotation), labels))
+    images, labels = load_images(spec.dataset, split, config.data.tfds_data_dir, spec.rotation)
+    modalities.append(ModalityData(spec.name, images, labels))
   percentage = config.data.percentage if split == 'train' else 1.0
   rng = np.random.default_rng([config.seed, _SPLIT_KEYS[split]])
   pairs = pairing.match_by_label([m.labels for m in modalities], config.data.multiplication,
@@ -125,7 +122,7 @@ class BatchSampler:
   paired stream, reshuffled every pass; 'b_marginals' permutes each modality's column of B
   independently (in-batch product-of-marginals negatives).
 
-  Unpaired mode (the paper's unimodal path, §8.3): A and C, and 'b_marginals', draw each modality
+  Unpaired mode (the paper's unimodal path): A and C, and 'b_marginals', draw each modality
   from its whole dataset through independent per-modality streams; B and D stay paired and are
   stream batches 2*step, 2*step + 1, so every pair is still visited once per pass.
   """

@@ -4,8 +4,6 @@ Mostly host-side bookkeeping (numpy), so that the jitted functions see fixed sha
 chunks are padded to one size (one compilation), epochs are whole batches (the permutation is
 topped up with a few repeated examples, so every example is still seen at least once per epoch).
 """
-import flax.linen as nn
-import jax
 import numpy as np
 
 
@@ -74,7 +72,7 @@ def summarize_epochs(history):
   - selected_test_accuracy: at the epoch with the best held-out accuracy (first one on ties);
     without a held-out set it is the final epoch.
   - best_test_accuracy_over_epochs: the maximum test accuracy over epochs. This is the
-    reference's protocol (ALGORITHM.md §6.1, §8.7): it selects on the test set, so it is
+    reference's protocol (docs/algorithm.md §9): it selects on the test set, so it is
     optimistic; it is reported only for comparison with the paper, labelled as such.
   """
   final = history[-1]
@@ -92,18 +90,3 @@ def summarize_epochs(history):
       best_epoch=best['epoch'],
       best_test_accuracy_over_epochs=best['test_accuracy'],
   )
-
-
-def torch_kernel_init():
-  """PyTorch's default Linear/Conv weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-
-
-def torch_bias_init(fan_in):
-  """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / np.sqrt(fan_in)
-
-  def init(key, shape, dtype=np.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init

@@ -1,0 +1,1 @@
+"""Flax modules of every network family, and their registry (`registry.py`)."""

@@ -1,7 +1,7 @@
-"""Discriminators: the factorized set (D0_m, D1_m, T) and the monolithic joint baseline.
+"""Discriminators: the factorized set (D0_m, D1_m, joint critic T) and the monolithic baseline.
 
 All layers are spectrally normalised; `update_stats=True` runs one power iteration per call, as
-PyTorch's spectral_norm does in train mode (ALGORITHM.md §8.6).
+PyTorch's spectral_norm does in train mode (docs/algorithm.md §5).
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -41,13 +41,13 @@ class JointCritic(nn.Module):
 class FactorizedDiscriminators(nn.Module):
   """Per modality m: D0_m(x, z) in R^{M+1} and D1_m(x, z) in R; plus the joint critic T."""
   modalities: tuple
-  joint_critic: str
+  joint_critic_kind: str  # 'dot' or 'concat' (config.joint_critic)
 
   def setup(self):
     num = len(self.modalities)
     self.d0 = [m.family.xz_discriminator(num + 1, name=f'd0_{m.name}') for m in self.modalities]
     self.d1 = [m.family.xz_discriminator(1, name=f'd1_{m.name}') for m in self.modalities]
-    self.t = JointCritic(self.modalities, self.joint_critic, name='joint_critic')
+    self.t = JointCritic(self.modalities, self.joint_critic_kind, name='joint_critic')
 
   def unimodal(self, m, x, z, update_stats):
     """D0_m logits: class 0 = q(x_m, z), 1 = p(x_m, z), 2.. = cross-content classes."""
@@ -57,17 +57,20 @@ class FactorizedDiscriminators(nn.Module):
     """D1_m logit ~ log q(x_m, s_m, c) / q(x_m, s_m) p(c)."""
     return self.d1[m](x, z, update_stats)[:, 0]
 
-  def joint(self, xs, update_stats):
+  def joint_critic(self, xs, update_stats):
+    """T(x_1..x_M) ~ log q(x_1..x_M) / prod_m q(x_m)."""
     return self.t(xs, update_stats)
 
   def __call__(self, xs, zs, update_stats=False):
     outs = [(self.unimodal(m, x, z, update_stats), self.content(m, x, z, update_stats))
             for m, (x, z) in enumerate(zip(xs, zs))]
-    return outs, self.joint(xs, update_stats)
+    return outs, self.joint_critic(xs, update_stats)
 
 
 class MonolithicDiscriminator(nn.Module):
-  """The non-factorized baseline D(x_1..x_M, z) in R^{M+1}, z = [s_1..s_M, c] (Table 1 "Joint")."""
+  """The non-factorized baseline D(x_1..x_M, z) in R^{M+1}, z = [s_1..s_M, c].
+
+  Table 1 of the paper calls it "Joint"."""
   modalities: tuple
 
   @nn.compact

@@ -1,12 +1,10 @@
 """Encoders E_m and decoders G_m of every modality, as one Flax module used as pure functions."""
 import flax.linen as nn
 
-from mmali_jax import modalities as modalities_lib
-
 
 class Generators(nn.Module):
   """Holds E_m (x -> mean, log-variance) and G_m (z -> x) for each modality, in sorted order."""
-  modalities: tuple  # of modalities_lib.Modality
+  modalities: tuple  # of mmali_jax.modalities.Modality
   latent_dim: int
 
   def setup(self):

@@ -1,12 +1,15 @@
-"""Layer helpers with the reference's conventions.
+"""Layer helpers with the reference's conventions (docs/algorithm.md §6).
 
-Every Linear/Conv/ConvTranspose starts from N(0, 0.02) weights and zero biases; convolution
-arguments are PyTorch's (kernel, stride, padding) so architectures read like ALGORITHM.md §2.
-Discriminator layers are wrapped in spectral normalisation (one power iteration per call).
+Every Linear/Conv/ConvTranspose of the MMALI networks starts from N(0, 0.02) weights and zero
+biases; convolution arguments are PyTorch's (kernel, stride, padding) so architectures read like
+the reference's. Discriminator layers are wrapped in spectral normalisation (one power iteration
+per call). The evaluation networks (coherence classifiers, linear probe) keep PyTorch's default
+initialisation instead (`torch_dense`, `torch_conv`), as the reference does.
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 weight_init = nn.initializers.normal(0.02)
 bias_init = nn.initializers.zeros
@@ -29,6 +32,35 @@ def conv_transpose(features, kernel, stride, padding, name=None):
   return nn.ConvTranspose(features, (kernel, kernel), (stride, stride),
                           padding=((pad, pad), (pad, pad)),
                           kernel_init=weight_init, bias_init=bias_init, name=name)
+
+
+def _torch_kernel_init():
+  """PyTorch's default Linear/Conv weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def _torch_bias_init(fan_in):
+  """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_dense(features, in_features, name=None):
+  """nn.Linear with PyTorch's default initialisation."""
+  return nn.Dense(features, kernel_init=_torch_kernel_init(),
+                  bias_init=_torch_bias_init(in_features), name=name)
+
+
+def torch_conv(features, kernel, stride, padding, in_features, name=None):
+  """nn.Conv2d(k, s, p) with PyTorch's default initialisation, on NHWC inputs."""
+  return nn.Conv(features, (kernel, kernel), (stride, stride),
+                 padding=((padding, padding), (padding, padding)),
+                 kernel_init=_torch_kernel_init(),
+                 bias_init=_torch_bias_init(kernel * kernel * in_features), name=name)
 
 
 def spectral_norm(layer):

@@ -1,4 +1,7 @@
-"""MLP networks for 28x28 digits (MNIST, rotated MNIST); ALGORITHM.md §2.1."""
+"""Networks for 28x28 digits (MNIST, rotated MNIST): MLPs, and the LeNet coherence classifier.
+
+Architectures: docs/algorithm.md §6.
+"""
 import math
 
 import flax.linen as nn
@@ -55,3 +58,26 @@ class XZDiscriminator(nn.Module):
     h = jnp.concatenate([layers.flatten(x), z], axis=-1)
     h = layers.leaky_relu(sn_dense(self.hidden, h))
     return sn_dense(self.outputs, h)
+
+
+class Classifier(nn.Module):
+  """The coherence classifier: the reference's LeNet (`models/mnist.Classifier`), -> 10 logits.
+
+  Conv 1->10 (k5) -> max-pool 2 -> ReLU; Conv 10->20 (k5) -> channel dropout 0.5 -> max-pool 2 ->
+  ReLU; flatten 320 -> Lin 50 -> ReLU -> dropout 0.5 -> Lin 10. Both dropouts follow `train`
+  (the reference's last dropout stays on at evaluation; docs/algorithm.md §10).
+  """
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = layers.torch_conv(10, 5, 1, 0, x.shape[-1])(x)
+    x = nn.relu(nn.max_pool(x, (2, 2), (2, 2)))
+    x = layers.torch_conv(20, 5, 1, 0, 10)(x)
+    # Dropout2d: whole channels are dropped, i.e. the mask is shared over height and width.
+    x = nn.Dropout(0.5, broadcast_dims=(1, 2), deterministic=not train)(x)
+    x = nn.relu(nn.max_pool(x, (2, 2), (2, 2)))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(layers.torch_dense(50, x.shape[-1])(x))
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return layers.torch_dense(self.num_classes, 50)(x)

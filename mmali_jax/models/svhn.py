@@ -1,4 +1,7 @@
-"""DCGAN-style CNNs for 32x32 RGB images (SVHN); ALGORITHM.md §2.1."""
+"""Networks for 32x32 RGB images (SVHN): DCGAN-style CNNs, and the coherence classifier.
+
+Architectures: docs/algorithm.md §6.
+"""
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -63,3 +66,25 @@ class XZDiscriminator(nn.Module):
     h = layers.leaky_relu(sn_dense(1024, h))
     h = layers.leaky_relu(sn_dense(1024, h))
     return sn_dense(self.outputs, h)
+
+
+class Classifier(nn.Module):
+  """The coherence classifier of the reference (`models/svhn.Classifier`), -> 10 logits.
+
+  Four blocks Conv -> BatchNorm -> Dropout 0.5 -> ReLU: 3->32 (4,2,1), 32->64 (4,2,1),
+  64->64 (4,2,1), 64->128 (4,2,0) (32 -> 16 -> 8 -> 4 -> 1), then Lin 128 -> 10.
+  BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. Flax momentum 0.9; eps 1e-5).
+  """
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    in_features = x.shape[-1]
+    for features, padding in ((32, 1), (64, 1), (64, 1), (128, 0)):
+      x = layers.torch_conv(features, 4, 2, padding, in_features)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+      x = nn.Dropout(0.5, deterministic=not train)(x)
+      x = nn.relu(x)
+      in_features = features
+    x = x.reshape((x.shape[0], -1))
+    return layers.torch_dense(self.num_classes, x.shape[-1])(x)

@@ -1,5 +1,5 @@
 """Objectives: the discriminator and generator losses of one iteration, per discriminator kind."""
 from mmali_jax.objectives import factorized
-from mmali_jax.objectives import joint
+from mmali_jax.objectives import monolithic
 
-OBJECTIVES = {'factorized': factorized, 'joint': joint}
+OBJECTIVES = {'factorized': factorized, 'monolithic': monolithic}

@@ -1,6 +1,6 @@
 """MMALI with factorized discriminators: the reference's `FactorModel.forward_jsd2`.
 
-Batches (ALGORITHM.md §3): 'a' and 'b' feed the discriminator step, 'c' and 'd' the generator
+Batches (docs/algorithm.md §5): 'a' and 'b' feed the discriminator step, 'c' and 'd' the generator
 step; 'b_marginals' is 'b' with every modality shuffled independently. Each batch is a list of
 float images, one per modality in sorted order. Both functions return (loss, metrics) where the
 loss is the plain sum of the named terms in `metrics`.
@@ -23,7 +23,7 @@ def prior_samples(rng, batch_size, nets, num, shared_content, latent_dim):
   zs = [jax.random.normal(keys[m], (batch_size, latent_dim)) for m in range(num)]
   if shared_content:
     content = jax.random.normal(keys[num], (batch_size, latent_dim - nets.style_dim))
-    zs = [jnp.concatenate([nets.style(z), content], axis=-1) for z in zs]
+    zs = [posterior.join_latent(nets.style(z), content) for z in zs]
   return zs
 
 
@@ -67,13 +67,13 @@ def discriminator_loss(nets, batches, rng, config, mods):
     # Negatives q(x, s) p(c): (x, s) pairs kept together, content from a shuffled prior draw.
     perm = jax.random.permutation(keys[m, 1], batch_size)
     prior_content = nets.content(z_prior[m])[jax.random.permutation(keys[m, 2], batch_size)]
-    z_neg = jnp.concatenate([nets.style(z_enc[m])[perm], prior_content], axis=-1)
+    z_neg = posterior.join_latent(nets.style(z_enc[m])[perm], prior_content)
     metrics[f'd/{mod.name}/content_vs_prior'] = losses.d_content_vs_prior(
         nets.d1(m, xa[m], z_enc[m]), nets.d1(m, xa[m][perm], z_neg))
 
   # Batch B: paired data vs product of marginals (T), and the cross-content classes of D0.
   xb = batches['b']
-  metrics['d/joint/paired_vs_marginals'] = losses.d_paired_vs_marginals(
+  metrics['d/joint_critic/paired_vs_marginals'] = losses.d_paired_vs_marginals(
       nets.joint_critic(xb), nets.joint_critic(batches['b_marginals']))
   keys = jax.random.split(rng_b, num)
   z_enc = [nets.sample_posterior(keys[m], m, xb[m])[0] for m in range(num)]
@@ -82,7 +82,7 @@ def discriminator_loss(nets, batches, rng, config, mods):
       if j == m:
         continue
       label = cross_content_label(m, j)
-      z_cross = jnp.concatenate([nets.style(z_enc[m]), nets.content(z_enc[j])], axis=-1)
+      z_cross = posterior.join_latent(nets.style(z_enc[m]), nets.content(z_enc[j]))
       metrics[f'd/{mod.name}/cross_content_{mods[j].name}'] = losses.d_cross_content(
           nets.d0(m, xb[m], z_cross), label)
   return sum(metrics.values()), metrics
@@ -125,7 +125,7 @@ def generator_loss(nets, batches, rng, config, mods):
   t_paired = nets.joint_critic(xd)
   for k, mod in enumerate(mods):
     # Encoder class k: every modality keeps its own style and takes modality k's content.
-    zs = [jnp.concatenate([nets.style(z), nets.content(z_enc[k])], axis=-1) for z in z_enc]
+    zs = [posterior.join_latent(nets.style(z), nets.content(z_enc[k])) for z in z_enc]
     metrics[f'g/joint/encoder_{mod.name}'] = losses.g_joint_class(
         _joint_logits(nets, xd, zs, t_paired), k)
   metrics['g/joint/decoder'] = losses.g_joint_class(
@@ -134,7 +134,7 @@ def generator_loss(nets, batches, rng, config, mods):
     for j in range(num):
       if j == m:
         continue
-      z_cross = jnp.concatenate([nets.style(z_enc[m]), nets.content(z_enc[j])], axis=-1)
+      z_cross = posterior.join_latent(nets.style(z_enc[m]), nets.content(z_enc[j]))
       metrics[f'g/{mod.name}/cross_content_{mods[j].name}'] = losses.g_cross_content(
           nets.d0(m, xd[m], z_cross), cross_content_label(m, j), num, cfg.lambda_unimodal)
 
@@ -152,8 +152,7 @@ def generator_loss(nets, batches, rng, config, mods):
       z_joint = posterior.sample(keys[num + 1], *posterior.product_of_experts(
           [p[0] for _, p in enc], [p[1] for _, p in enc]))
       for m, mod in enumerate(mods):
-        x_rec = nets.decode(m, jnp.concatenate(
-            [nets.style(z_enc[m]), nets.content(z_joint)], axis=-1))
+        x_rec = nets.decode(m, posterior.join_latent(nets.style(z_enc[m]), nets.content(z_joint)))
         metrics[f'g/{mod.name}/x_rec_joint'] = cfg.lambda_x_rec * mod.rec_weight * (
             losses.mean_squared_error(x_rec, xd[m]))
   return sum(metrics.values()), metrics

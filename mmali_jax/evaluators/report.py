@@ -1,7 +1,9 @@
-"""The paper's reported numbers (ALGORITHM.md §6.5) and the side-by-side report."""
+"""The paper's reported numbers (docs/algorithm.md §9) and the report of ours beside them."""
+from mmali_jax import default_config
 
-# Table 1: MultiMNIST linear probe on the unrotated modality's encoder, %.
-TABLE1 = {'joint': {2: 85.96, 3: 85.44, 4: 85.27},
+# Table 1: MultiMNIST linear probe on the unrotated modality's encoder, %. The paper's "Joint" row
+# is the monolithic discriminator.
+TABLE1 = {'monolithic': {2: 85.96, 3: 85.44, 4: 85.27},
           'factorized': {2: 97.02, 3: 96.94, 4: 96.75}}
 # Table 2 (MMALI row), %, by percentage of paired data.
 TABLE2 = {
@@ -36,11 +38,12 @@ def experiment(config):
 def paper_values(config):
   """{metric prefix: the paper's number} for this experiment (empty when it has none)."""
   kind = experiment(config)
+  discriminator = default_config.discriminator_kind(config.discriminator)
   if kind == 'multimnist':
-    value = TABLE1.get(config.discriminator, {}).get(len(config.modalities))
+    value = TABLE1[discriminator].get(len(config.modalities))
     unrotated = [m.name for m in config.modalities if m.rotation == 0]
     return {f'latent/{unrotated[0]}/both': value} if value is not None and unrotated else {}
-  if kind == 'mnist_svhn' and config.discriminator == 'factorized':
+  if kind == 'mnist_svhn' and discriminator == 'factorized':
     values = dict(TABLE2.get(float(config.data.percentage), {}))
     if float(config.data.percentage) == 1.0:
       for key, value in TABLE3.items():
@@ -53,13 +56,19 @@ def _fmt(value):
   return '–' if value is None else f'{value:.2f}'
 
 
+def discriminator_label(config):
+  """'factorized', or 'monolithic (Table 1's "Joint")'."""
+  kind = default_config.discriminator_kind(config.discriminator)
+  return kind + (' (Table 1\'s "Joint")' if kind == 'monolithic' else '')
+
+
 def report(config, metrics, workdir, notes=()):
   """Markdown: one table of metric / ours / paper, probes with all three readouts labelled."""
   paper = paper_values(config)
   lines = [f'# Evaluation of {workdir} (step {metrics["step"]})', '',
            f'Experiment: {experiment(config)}, {len(config.modalities)} modalities, '
-           f'{config.discriminator} discriminator. All numbers are accuracies in %, from the EMA '
-           'generators.', '',
+           f'{discriminator_label(config)} discriminator. All numbers are accuracies in %, from '
+           'the EMA generators.', '',
            '| metric | ours | paper |', '|---|---|---|']
   probes = sorted({k.rsplit('/', 1)[0] for k in metrics if k.startswith('latent/')})
   for probe in probes:
