@@ -162,3 +162,30 @@ def test_command_line_reports_missing_data_without_traceback(tmp_path):
   assert 'Traceback' not in result.stderr
   assert 'train-images-idx3-ubyte.gz' in result.stderr
   assert str(tmp_path / 'tfds' / 'downloads' / 'manual') in result.stderr
+
+
+class _Scalars:
+  def __init__(self):
+    self.written = {}
+
+  def write_scalars(self, step, scalars):
+    self.written.setdefault(step, {}).update(scalars)
+
+
+def test_progress_rate_and_eta_leave_out_evaluation_time(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(train.time, 'monotonic', lambda: clock[0])
+  writer = _Scalars()
+  report = train.ProgressReport(num_train_steps=10, writer=writer, every_steps=2, every_secs=None)
+  report(1)  # the first call only starts the clock
+  clock[0] = 101.0
+  with report.excluded('eval'):
+    clock[0] = 151.0  # 50 s of evaluation ...
+  clock[0] = 152.0
+  report(2)
+  # ... are not training time: 1 step in 2 s, not in 52 s.
+  assert writer.written[2]['steps_per_sec'] == pytest.approx(0.5)
+  clock[0] = 156.0
+  report(3)
+  report(4)
+  assert writer.written[4]['steps_per_sec'] == pytest.approx(0.5)
