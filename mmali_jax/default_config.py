@@ -51,6 +51,10 @@ def base_config():
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2_000
   config.keep_checkpoints = 3
+  # Training iterations per call into the device (lax.scan), each drawing its own batches on the
+  # device; calls never cross a logging, checkpoint or evaluation step. 0 = automatic: 1 on CPU
+  # (XLA:CPU runs convolutions inside loops slower), 100 on GPU/TPU.
+  config.steps_per_dispatch = 0
   # Local devices the batch is sharded over ('data' mesh axis); None = all of them.
   config.num_devices = ml_collections.config_dict.placeholder(int)
 

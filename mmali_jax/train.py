@@ -1,6 +1,6 @@
 """The one training loop: data, state, resume, the jitted step on a device mesh, logs, saves."""
-import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -24,7 +24,8 @@ from mmali_jax.evaluators import evaluator as evaluator_lib
 # Fields that may change between runs on one workdir (how long and how verbosely to train, where
 # the data lives); any other change would make the checkpoints mean something else.
 RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
-                    'keep_checkpoints', 'num_devices', 'data.tfds_data_dir', 'eval')
+                    'keep_checkpoints', 'num_devices', 'steps_per_dispatch', 'data.tfds_data_dir',
+                    'eval')
 
 
 def _flatten(d, prefix=''):
@@ -62,17 +63,53 @@ def make_mesh(config):
   return jax.sharding.Mesh(np.asarray(devices), ('data',))
 
 
-def compile_train_step(config, gen, disc, mods, mesh):
-  """The train step jitted data-parallel over `mesh`: parameters and optimizer states replicated,
-  every batch split along the 'data' axis. The loss is a mean over the global batch, so XLA
-  averages the gradients across devices and the result matches a single device up to float
-  rounding. -> (step_fn, replicated sharding, batch sharding)."""
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-  step_fn = jax.jit(train_step_lib.make_train_step(config, gen, disc, mods),
-                    in_shardings=(replicated, data_sharded),
-                    out_shardings=(replicated, replicated), donate_argnums=0)
-  return step_fn, replicated, data_sharded
+@dataclasses.dataclass(frozen=True)
+class Shardings:
+  replicated: jax.sharding.NamedSharding  # parameters, optimizer states, the dataset
+  images: jax.sharding.NamedSharding  # a batch of images, split along the 'data' axis
+  indices: jax.sharding.NamedSharding  # the [M, B] batch indices, split along B
+
+
+def make_shardings(mesh):
+  spec = jax.sharding.PartitionSpec
+  return Shardings(jax.sharding.NamedSharding(mesh, spec()),
+                   jax.sharding.NamedSharding(mesh, spec('data')),
+                   jax.sharding.NamedSharding(mesh, spec(None, 'data')))
+
+
+def compile_train_steps(config, gen, disc, mods, mesh):
+  """The train steps jitted data-parallel over `mesh`: parameters, optimizer states and the
+  dataset replicated, every batch split along the 'data' axis. The loss is a mean over the
+  global batch, so XLA averages the gradients across devices and the result matches a single
+  device up to float rounding. -> (fn(state, data, num_steps), shardings); the state is donated.
+  """
+  shardings = make_shardings(mesh)
+  fn = jax.jit(train_step_lib.make_train_steps(config, gen, disc, mods, shardings),
+               static_argnums=2, in_shardings=(shardings.replicated, shardings.replicated),
+               out_shardings=(shardings.replicated, shardings.replicated), donate_argnums=0)
+  return fn, shardings
+
+
+def dispatch_sizes(start, stop, steps_per_dispatch, boundaries):
+  """[(first step, number of steps)] covering [start, stop) in calls of at most
+  `steps_per_dispatch` steps that never cross a multiple of any of `boundaries` (logging,
+  checkpoints, evaluation), so that those happen exactly at their steps."""
+  out, step = [], start
+  while step < stop:
+    end = min(stop, step + steps_per_dispatch)
+    for every in boundaries:
+      if every:
+        end = min(end, (step // every + 1) * every)
+    out.append((step, end - step))
+    step = end
+  return out
+
+
+def steps_per_dispatch(config):
+  """config.steps_per_dispatch, or automatically 1 on CPU and 100 on accelerators."""
+  if config.steps_per_dispatch:
+    return int(config.steps_per_dispatch)
+  return 1 if jax.default_backend() == 'cpu' else 100
 
 
 def _comparable(config_dict):
@@ -107,6 +144,12 @@ class ProgressReport(periodic_actions.ReportProgress):
   """clu's progress report (steps/s, ETA, share of time per part), whose steps/s and ETA leave
   out the time spent in `excluded` blocks (evaluation), which would otherwise distort both."""
 
+  def _init_and_check(self, step, t):
+    # Accept several steps per call (one call per dispatch of several iterations).
+    if self._previous_step is None:
+      self._previous_step, self._previous_time = step, t
+    self._last_step = step
+
   @contextlib.contextmanager
   def excluded(self, name):
     start = time.monotonic()
@@ -115,27 +158,6 @@ class ProgressReport(periodic_actions.ReportProgress):
     if self._previous_time is not None:
       # Rates are (step - previous step) / (now - previous time): skip the block's duration.
       self._previous_time += time.monotonic() - start
-
-
-class _Prefetcher:
-  """Gathers the batches of upcoming iterations on a host thread while the device trains."""
-
-  def __init__(self, sampler, start, stop, depth=2):
-    self._pool = concurrent.futures.ThreadPoolExecutor(1)
-    self._sampler = sampler
-    self._stop = stop
-    self._queue = [self._pool.submit(sampler, s) for s in range(start, min(start + depth, stop))]
-    self._next = start + len(self._queue)
-
-  def get(self):
-    batch = self._queue.pop(0).result()
-    if self._next < self._stop:
-      self._queue.append(self._pool.submit(self._sampler, self._next))
-      self._next += 1
-    return batch
-
-  def close(self):
-    self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def train_and_evaluate(config, workdir):
@@ -148,16 +170,15 @@ def train_and_evaluate(config, workdir):
 
   dataset = pipeline.load_dataset(config, 'train')
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
-  sampler = pipeline.BatchSampler(dataset, config.batch_size, config.seed, config.data.unpaired)
-
-  step_fn, replicated, data_sharded = compile_train_step(config, gen, disc, mods, mesh)
+  train_steps, shardings = compile_train_steps(config, gen, disc, mods, mesh)
+  data = jax.device_put(train_step_lib.device_data(dataset, config.seed), shardings.replicated)
   state = train_step_lib.create_train_state(config, gen, disc, mods)
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored = checkpointer.restore(state)
   if restored is not None:
     state = restored
     logging.info('Resumed %s from step %d.', workdir, int(state.step))
-  state = jax.device_put(state, replicated)
+  state = jax.device_put(state, shardings.replicated)
   start = int(state.step)
   if start >= config.num_train_steps:
     logging.info('%s has already trained %d >= %d steps; nothing to do.', workdir, start,
@@ -197,18 +218,20 @@ def train_and_evaluate(config, workdir):
   # The reference evaluates every 50,000 iterations and after the last one; 0 turns it off.
   eval_every = default_config.eval_config(config).every_steps
   evaluator = evaluator_lib.Evaluator(config, workdir)  # built on its first run
-  prefetcher = _Prefetcher(sampler, start, config.num_train_steps)
-  pending = []
+  pending = []  # (number of steps, their mean metrics on the device)
+  boundaries = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
   try:
-    for step in range(start, config.num_train_steps):
-      batch = jax.device_put(prefetcher.get(), data_sharded)
+    for step, num_steps in dispatch_sizes(start, config.num_train_steps,
+                                          steps_per_dispatch(config), boundaries):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = step_fn(state, batch)
-      pending.append(metrics)
-      done = step + 1
+        state, metrics = train_steps(state, data, num_steps)
+      pending.append((num_steps, metrics))
+      done = step + num_steps
       report(done)
       if done % config.log_every_steps == 0 or done == config.num_train_steps:
-        averaged = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(pending))
+        counts, values = zip(*pending)
+        averaged = jax.tree.map(lambda *v: float(np.average(v, weights=counts)),
+                                *jax.device_get(values))
         pending = []
         if not all(np.isfinite(v) for v in averaged.values()):
           raise FloatingPointError(f'Non-finite loss at step {done}: {averaged}. The last good '
@@ -223,7 +246,6 @@ def train_and_evaluate(config, workdir):
           results = evaluator.run(state.ema_params, done)
         writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
   finally:
-    prefetcher.close()
     checkpointer.close()
     writer.flush()
   return state

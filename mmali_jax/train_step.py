@@ -5,11 +5,13 @@ The order and the optimisers follow docs/algorithm.md §5.
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import objectives
+from mmali_jax.data import sampler
 from mmali_jax.models import layers
 
 
@@ -58,17 +60,17 @@ def ema_update(ema_params, params, step, decay, start_step):
 
 
 def make_train_step(config, gen, disc, mods):
-  """-> train_step(state, batch) -> (state, metrics), a pure function to jit.
+  """-> train_step(state, batch) -> (state, metrics), one iteration on the given batches.
 
-  `batch` maps 'a', 'b', 'b_marginals', 'c', 'd' to {modality name: uint8 images [B, H, W, C]}.
+  `batch` maps 'a', 'b', 'b_marginals', 'c', 'd' to a list of uint8 images [B, H, W, C], one per
+  modality in sorted order.
   """
   objective = objectives.OBJECTIVES[networks.discriminator_kind(config.discriminator)]
   opt = make_optimizer(config)
 
   def train_step(state, batch):
     rng_d, rng_g = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    xs = {key: [images.to_float(per_modality[m.name]) for m in mods]
-          for key, per_modality in batch.items()}
+    xs = {key: [images.to_float(x) for x in per_modality] for key, per_modality in batch.items()}
 
     def d_loss_fn(disc_params):
       nets = networks.Bound(gen, disc, state.gen_params, disc_params, state.disc_stats,
@@ -105,3 +107,47 @@ def make_train_step(config, gen, disc, mods):
     return new_state, metrics
 
   return train_step
+
+
+def make_train_steps(config, gen, disc, mods, batch_sharding=None):
+  """-> train_steps(state, data, num_steps) -> (state, metrics): `num_steps` iterations in one
+  call (`num_steps` is static), each drawing its batches on the device from (seed, step).
+
+  data: {'images': (uint8 [N_m, H, W, C] per modality), 'pairs': int32 [P, M], 'key': the data
+  key}, resident on the devices (`device_data`). The returned metrics are the means over the
+  `num_steps` iterations, reduced on the device. batch_sharding: where the batch of an
+  iteration lives (split over the 'data' mesh axis), or None.
+  """
+  train_step = make_train_step(config, gen, disc, mods)
+  unpaired = bool(config.data.unpaired)
+
+  def one_step(state, data):
+    sizes = [x.shape[0] for x in data['images']]
+    indices = sampler.batch_indices(data['key'], state.step, data['pairs'].shape[0], sizes,
+                                    config.batch_size, unpaired)
+    if batch_sharding is not None:
+      indices = jax.lax.with_sharding_constraint(indices, batch_sharding.indices)
+    batch = sampler.gather(data['images'], data['pairs'], indices, unpaired)
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding.images)
+    return train_step(state, batch)
+
+  def train_steps(state, data, num_steps):
+    if num_steps == 1:
+      return one_step(state, data)
+    state, metrics = jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
+    return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+  return train_steps
+
+
+def data_key(seed):
+  """The key of the training batch streams (independent of the parameter and noise keys)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED)
+
+
+def device_data(dataset, seed):
+  """The arrays `train_steps` samples from (host numpy; put them on the devices)."""
+  return {'images': tuple(m.images for m in dataset.modalities),
+          'pairs': dataset.pairs.astype(np.int32),
+          'key': data_key(seed)}

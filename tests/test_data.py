@@ -131,92 +131,6 @@ def _ids(images):
   return images[:, 0, 0, 0].astype(np.int64)
 
 
-def test_sampler_shapes_and_dtypes():
-  ds = _dataset()
-  for unpaired in (False, True):
-    batches = pipeline.BatchSampler(ds, 8, seed=0, unpaired=unpaired)(3)
-    assert set(batches) == {'a', 'b', 'b_marginals', 'c', 'd'}
-    for batch in batches.values():
-      assert list(batch) == ['0mod', '1mod']
-      assert batch['0mod'].shape == (8, 2, 2, 1) and batch['1mod'].shape == (8, 3, 3, 3)
-      assert all(x.dtype == np.uint8 for x in batch.values())
-
-
-def test_paired_batches_are_pairs():
-  ds = _dataset()
-  sampler = pipeline.BatchSampler(ds, 16, seed=1)
-  valid = {tuple(row) for row in ds.pairs}
-  for step in range(5):
-    batches = sampler(step)
-    for key in 'abcd':
-      rows = zip(_ids(batches[key]['0mod']), _ids(batches[key]['1mod']))
-      assert all(row in valid for row in rows)
-
-
-@pytest.mark.parametrize('unpaired', [False, True])
-def test_sampler_is_a_pure_function_of_step(unpaired):
-  ds = _dataset()
-  first = pipeline.BatchSampler(ds, 8, seed=5, unpaired=unpaired)
-  in_order = [first(step) for step in range(12)]
-  fresh = pipeline.BatchSampler(ds, 8, seed=5, unpaired=unpaired)
-  for step in [11, 3, 0, 7, 7, 1]:
-    again = fresh(step)
-    for key, batch in in_order[step].items():
-      for name, images in batch.items():
-        np.testing.assert_array_equal(again[key][name], images)
-  other_seed = pipeline.BatchSampler(ds, 8, seed=6, unpaired=unpaired)(0)
-  assert not np.array_equal(other_seed['b']['0mod'], in_order[0]['b']['0mod'])
-
-
-def test_each_pass_visits_every_pair_once_and_passes_are_reshuffled():
-  # Modality 0 has exactly one pair per image, so its index identifies the pair.
-  ds = _dataset(sizes=(50, 50), multiplication=1)
-  np.testing.assert_array_equal(np.sort(ds.pairs[:, 0]), np.arange(50))
-  sampler = pipeline.BatchSampler(ds, 4, seed=0)
-  stream = np.concatenate([_ids(sampler(step)[key]['0mod'])
-                           for step in range(7) for key in 'abcd'])  # 112 positions.
-  passes = stream[:50], stream[50:100]
-  for visited in passes:
-    np.testing.assert_array_equal(np.sort(visited), np.arange(50))
-  assert not np.array_equal(*passes)
-
-
-def test_marginals_permute_each_modality_of_b():
-  ds = _dataset(sizes=(200, 200))
-  sampler = pipeline.BatchSampler(ds, 64, seed=0)
-  for step in range(3):
-    batches = sampler(step)
-    for name in ds.names:
-      b, marg = batches['b'][name], batches['b_marginals'][name]
-      np.testing.assert_array_equal(np.sort(_ids(marg)), np.sort(_ids(b)))
-    labels = sampler.labels_of(step)
-    np.testing.assert_array_equal(labels['b']['0mod'], labels['b']['1mod'])
-    # 64 rows of 10 classes: the independent permutations break the label pairing.
-    assert np.mean(labels['b_marginals']['0mod'] == labels['b_marginals']['1mod']) < 0.5
-
-
-def test_unpaired_mode_draws_unimodal_batches_from_whole_datasets():
-  # Only 20 pairs, (i, i + 10) for i < 20, out of 100 and 70 images.
-  ds = _dataset(sizes=(100, 70), pairs=np.stack([np.arange(20), np.arange(10, 30)], axis=1))
-  sampler = pipeline.BatchSampler(ds, 5, seed=0, unpaired=True)
-  steps = [sampler(step) for step in range(10)]
-  for k, (name, n) in enumerate(zip(ds.names, (100, 70))):
-    # A and C read one per-modality stream, in order a(0), c(0), a(1), ...: its first pass covers
-    # all n images once.
-    unimodal = np.concatenate([_ids(s[key][name]) for s in steps for key in 'ac'])
-    np.testing.assert_array_equal(np.sort(unimodal[:n]), np.arange(n))
-    marginals = np.concatenate([_ids(s['b_marginals'][name]) for s in steps])
-    np.testing.assert_array_equal(np.sort(marginals[:50]), np.sort(
-        np.random.default_rng([0, 5, k, 0]).permutation(n)[:50]))
-    assert marginals.max() >= 30
-  # B and D stay paired and share the paired stream: 2 steps x 2 batches x 5 = one pass of 20.
-  valid = {tuple(row) for row in ds.pairs}
-  paired = [tuple(r) for s in steps[:2] for key in 'bd'
-            for r in zip(_ids(s[key]['0mod']), _ids(s[key]['1mod']))]
-  assert all(row in valid for row in paired)
-  assert sorted(paired) == sorted(valid) and len(paired) == 20
-
-
 # -------------------------------------------------------------------------------------- loader
 
 
@@ -249,8 +163,6 @@ def test_load_mnist_svhn_with_mock_data():
   labels = [m.labels for m in train.modalities]
   assert train.num_pairs == pairing.count_pairs(labels, 2, 0.5, None) > 0
   assert test.num_pairs == pairing.count_pairs(labels, 2, 1.0, None) > train.num_pairs
-  batches = pipeline.BatchSampler(train, 4, config.seed)(0)
-  assert batches['a']['1svhn'].shape == (4, 32, 32, 3)
 
 
 @pytest.mark.usefixtures('fresh_cache')

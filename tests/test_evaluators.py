@@ -356,3 +356,19 @@ def test_figure4_random_style_changes_only_the_style(tmp_path):
   cross, cross_random = np.stack(rows[3]), np.stack(rows[4])
   np.testing.assert_allclose(cross[:, 16:], cross_random[:, 16:], atol=1e-6)
   assert not np.allclose(cross[:, :16], cross_random[:, :16])
+
+
+def test_reference_readouts_train_on_the_whole_split_and_selection_holds_out():
+  """Class 9 appears only in the last 300 training examples: only a probe that trained on them
+  (the whole split, as the reference) can recognise the 9s of the test set."""
+  rng = np.random.default_rng(0)
+  train_y = np.concatenate([rng.integers(0, 9, 1700), np.full(300, 9)]).astype(np.int32)
+  test_y = np.arange(500, dtype=np.int32) % 10
+  eye = np.eye(10, dtype=np.float32)
+  stats = [latent_probe.latent_stats(_label_encoder, eye[y], STYLE_DIM, 'content')
+           for y in (train_y, test_y)]
+  probe = latent_probe.LinearProbe(epochs=15, lr=1e-2)
+  out = latent_probe.readouts(probe, stats[0], train_y, stats[1], test_y, seed=0, holdout=300)
+  assert out['final_test_accuracy'] == 1.0
+  assert out['best_test_accuracy_over_epochs'] == 1.0
+  assert out['selected_test_accuracy'] <= 0.9  # never trained on a 9

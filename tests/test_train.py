@@ -58,11 +58,29 @@ def test_training_runs_and_writes_checkpoints(tmp_path, name, arg):
   _assert_trees_close(ema, final['ema'], rtol=0, atol=0)
 
 
-def _random_batches(mods, batch_size, steps, seed=0):
+def _random_data(config, mods, num_examples=40, num_pairs=64, seed=0):
+  """Device data of random images and random pairs."""
   rng = np.random.default_rng(seed)
-  return [{key: {m.name: rng.integers(0, 256, (batch_size,) + m.image_shape, dtype=np.uint8)
-                 for m in mods} for key in ('a', 'b', 'b_marginals', 'c', 'd')}
-          for _ in range(steps)]
+  return {'images': tuple(rng.integers(0, 256, (num_examples,) + m.image_shape, dtype=np.uint8)
+                          for m in mods),
+          'pairs': rng.integers(0, num_examples, (num_pairs, len(mods))).astype(np.int32),
+          'key': train_step.data_key(config.seed)}
+
+
+def _run_steps(config, dispatches, num_devices=1):
+  """Trains from the initial state, calling the jitted steps with the given numbers of steps."""
+  config.num_devices = num_devices
+  mods, gen, disc = networks.build(config)
+  mesh = train.make_mesh(config)
+  train_steps, shardings = train.compile_train_steps(config, gen, disc, mods, mesh)
+  state = jax.device_put(train_step.create_train_state(config, gen, disc, mods),
+                         shardings.replicated)
+  data = jax.device_put(_random_data(config, mods), shardings.replicated)
+  metrics = []
+  for num_steps in dispatches:
+    state, m = train_steps(state, data, num_steps)
+    metrics.append(jax.device_get(m))
+  return state, metrics
 
 
 def test_eight_devices_match_one_device():
@@ -70,29 +88,47 @@ def test_eight_devices_match_one_device():
   config = small_config('multimnist', 'modalities=2', batch_size=16)
   config.ema.start_step = 1  # exercise the decaying EMA too
   config.ema.decay = 0.9
-  mods, gen, disc = networks.build(config)
-  batches = _random_batches(mods, 16, steps=3)
   results = []
   for num_devices in (1, 8):
-    config.num_devices = num_devices
-    mesh = train.make_mesh(config)
-    step_fn, replicated, sharded = train.compile_train_step(config, gen, disc, mods, mesh)
-    state = jax.device_put(train_step.create_train_state(config, gen, disc, mods), replicated)
-    for batch in batches:
-      state, metrics = step_fn(state, jax.device_put(batch, sharded))
+    state, metrics = _run_steps(config, [1, 1, 1], num_devices)
     assert len(state.gen_params['encoder_0mnist']['Dense_0']['kernel'].sharding.device_set) == (
         num_devices)
-    results.append((_params(state), jax.device_get(metrics)))
+    results.append((_params(state), metrics[-1]))
   (one, one_metrics), (eight, eight_metrics) = results
   _assert_trees_close(one_metrics, eight_metrics, rtol=1e-4, atol=1e-6)
-  # Sharding changes only the order of float reductions. Adam divides by sqrt(v), so for the
-  # few weights whose gradient is ~0 that rounding can flip a step of up to `learning_rate`;
-  # every weight must stay within that bound, and nearly all must agree to float precision.
-  bound = len(batches) * config.optim.learning_rate
-  diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(
-      jax.tree.leaves(one), jax.tree.leaves(eight))])
-  assert diffs.max() <= bound, diffs.max()
+  _assert_same_training(one, eight, steps=3, learning_rate=config.optim.learning_rate)
+
+
+def _assert_same_training(a, b, steps, learning_rate):
+  """Parameters of two runs that differ only in the order of float operations. Adam divides by
+  sqrt(v), so for the few weights whose gradient is ~0 rounding can flip a step of up to the
+  learning rate: every weight must stay within that bound, and nearly all must agree to float
+  precision."""
+  diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(
+      jax.tree.leaves(a), jax.tree.leaves(b))])
+  assert diffs.max() <= steps * learning_rate, diffs.max()
   assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)
+
+
+@pytest.mark.parametrize('name,arg', [('multimnist', 'modalities=2'), ('mnist_svhn', '')])
+def test_k_steps_per_dispatch_equal_k_single_steps(name, arg):
+  config = small_config(name, arg)
+  singles, single_metrics = _run_steps(config, [1, 1, 1, 1])
+  scanned, scanned_metrics = _run_steps(config, [4])
+  assert int(scanned.step) == int(singles.step) == 4
+  _assert_same_training(_params(singles), _params(scanned), steps=4,
+                        learning_rate=config.optim.learning_rate)
+  # The dispatch returns the mean of its iterations' metrics, reduced on the device.
+  mean = jax.tree.map(lambda *v: np.mean(v), *single_metrics)
+  _assert_trees_close(mean, scanned_metrics[0], rtol=1e-5, atol=1e-6)
+
+
+def test_dispatches_stop_at_every_logging_checkpoint_and_evaluation_step():
+  sizes = train.dispatch_sizes(0, 25, 7, boundaries=(5, 10, 0))
+  assert sizes == [(0, 5), (5, 5), (10, 5), (15, 5), (20, 5)]
+  assert train.dispatch_sizes(3, 30, 100, boundaries=(10, 12, 0)) == [
+      (3, 7), (10, 2), (12, 8), (20, 4), (24, 6)]
+  assert train.dispatch_sizes(0, 9, 4, boundaries=(100,)) == [(0, 4), (4, 4), (8, 1)]
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):

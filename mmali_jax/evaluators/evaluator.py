@@ -30,8 +30,7 @@ from mmali_jax.evaluators import figures
 from mmali_jax.evaluators import latent_probe
 from mmali_jax.evaluators import report
 
-PROBE_READOUTS = ('final_test_accuracy', 'selected_test_accuracy',
-                  'best_test_accuracy_over_epochs')
+PROBE_READOUTS = latent_probe.READOUTS
 
 
 def probe_modalities(mods):
@@ -120,12 +119,13 @@ class Evaluator:
       for part in cfg.probe_parts:
         part_stats = {split: tuple(latent_probe.select_part(a, self.config.style_dim, part)
                                    for a in stats[split]) for split in stats}
-        out = self._probe(part_stats['train'], data['train'][1], part_stats['test'],
-                          data['test'][1], seed=seed, holdout=cfg.probe_holdout)
+        readouts = latent_probe.readouts(self._probe, part_stats['train'], data['train'][1],
+                                         part_stats['test'], data['test'][1], seed=seed,
+                                         holdout=cfg.probe_holdout)
         for readout in PROBE_READOUTS:
-          results[f'latent/{mod.name}/{part}/{readout}'] = 100.0 * out[readout]
+          results[f'latent/{mod.name}/{part}/{readout}'] = 100.0 * readouts[readout]
         logging.info('Probe %s/%s: final %.2f%%, held-out selected %.2f%%, best over epochs '
-                     '%.2f%%', mod.name, part, *(100 * out[r] for r in PROBE_READOUTS))
+                     '%.2f%%', mod.name, part, *(100 * readouts[r] for r in PROBE_READOUTS))
     return results
 
   def _run_coherence(self, params, seed):

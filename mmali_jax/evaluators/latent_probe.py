@@ -11,12 +11,13 @@ reference calls the encoder at every forward; only the encoder's deterministic p
 A `LinearProbe` is built once; its jitted functions compile once per feature shape and are
 reused for every model it scores.
 
-Readouts: the probe is trained on the training split minus its last `holdout` examples, then
-scored after every epoch on the held-out part and on the test split. `final_test_accuracy`
-(after the last epoch) is the headline; `selected_test_accuracy` is taken at the epoch with the
-best held-out accuracy; `best_test_accuracy_over_epochs` is the reference's protocol (maximum
-over epochs of the test accuracy: selection on the test set), kept only for comparison with the
-paper.
+Readouts (`readouts`), from two probes scored on the test split after every epoch:
+- the reference run, trained on the whole training split as the reference does:
+  `final_test_accuracy`, after its last epoch, is the headline; `best_test_accuracy_over_epochs`
+  is the reference's protocol (maximum over epochs of the test accuracy: selection on the test
+  set), kept only for comparison with the paper;
+- the held-out run, trained on the training split minus its last `holdout` examples:
+  `selected_test_accuracy`, at the epoch with the best accuracy on those held-out examples.
 """
 import flax.linen as nn
 import jax
@@ -30,6 +31,7 @@ from mmali_jax.evaluators import common
 from mmali_jax.models import layers
 
 PARTS = ('both', 'content', 'style')
+READOUTS = ('final_test_accuracy', 'selected_test_accuracy', 'best_test_accuracy_over_epochs')
 
 
 def select_part(a, style_dim, part):
@@ -165,3 +167,12 @@ class LinearProbe:
     result.update(num_train=len(fit_y), num_holdout=len(hold_y), num_test=len(test_y),
                   epochs=self.epochs, history=history)
     return result
+
+
+def readouts(probe, train_stats, train_y, test_stats, test_y, *, seed, holdout):
+  """{readout: accuracy} for READOUTS, from the reference run and the held-out run of `probe`."""
+  whole = probe(train_stats, train_y, test_stats, test_y, seed=seed, holdout=0)
+  held_out = probe(train_stats, train_y, test_stats, test_y, seed=seed, holdout=holdout)
+  return dict(final_test_accuracy=whole['final_test_accuracy'],
+              selected_test_accuracy=held_out['selected_test_accuracy'],
+              best_test_accuracy_over_epochs=whole['best_test_accuracy_over_epochs'])

@@ -79,10 +79,11 @@ def report(config, metrics, workdir, notes=()):
       lines.append(f'| {probe} ({label}) | {_fmt(value)} | {_fmt(shown)} |')
   for key in sorted(k for k in metrics if k.startswith(('coherence/', 'classifier/'))):
     lines.append(f'| {key} | {_fmt(metrics[key])} | {_fmt(paper.get(key))} |')
-  lines += ['', 'Probes: a linear classifier on sampled latents, trained on the modality\'s '
-            'training split. The headline is the final epoch; "held-out" picks the epoch on '
-            'held-out training data; the reference protocol takes the best test accuracy over '
-            'epochs (selection on the test set), which is what the paper reports.']
+  lines += ['', 'Probes: a linear classifier on sampled latents. The headline is its final '
+            'epoch, trained on the whole training split; the reference protocol takes the best '
+            'test accuracy over the epochs of that same run (selection on the test set), which '
+            'is what the paper reports; "held-out" is a second run, trained without the last '
+            'examples of the training split, at the epoch chosen on them.']
   if any(k.startswith('coherence/') for k in metrics):
     lines.append('Coherence numbers are only meaningful next to the classifiers\' own test '
                  'accuracy (classifier/*).')
