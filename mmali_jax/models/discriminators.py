@@ -1,7 +1,7 @@
 """Discriminators: the factorized set (D0_m, D1_m, joint critic T) and the monolithic baseline.
 
 All layers are spectrally normalised; `update_stats=True` runs one power iteration per call, as
-PyTorch's spectral_norm does in train mode (docs/algorithm.md §5).
+PyTorch's spectral_norm does in train mode (docs/algorithm.md §5.4).
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -22,19 +22,17 @@ class JointCritic(nn.Module):
   def __call__(self, xs, update_stats):
     feats = [m.family.x_features(name=f'x_features_{m.name}')(x, update_stats)
              for m, x in zip(self.modalities, xs)]
-    sn_dense = lambda n, h, name=None: layers.spectral_norm(layers.dense(n, name=name))(
-        h, update_stats=update_stats)
     if self.kind == 'dot':
       if len(feats) != 2:
         raise ValueError(f"joint_critic='dot' needs exactly 2 modalities, got {len(feats)}; "
                          "use joint_critic='concat'.")
-      h1, h2 = (sn_dense(256, f) for f in feats)
+      h1, h2 = (layers.sn_dense(256, f, update_stats) for f in feats)
       return jnp.sum(h1 * h2, axis=-1)
     if self.kind == 'concat':
       h = jnp.concatenate(feats, axis=-1)
-      h = layers.leaky_relu(sn_dense(1024, h))
-      h = layers.leaky_relu(sn_dense(1024, h))
-      return sn_dense(1, h)[:, 0]
+      h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
+      h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
+      return layers.sn_dense(1, h, update_stats)[:, 0]
     raise ValueError(f"Unknown joint_critic {self.kind!r}; choose 'dot' or 'concat'.")
 
 
@@ -75,12 +73,11 @@ class MonolithicDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, xs, z, update_stats):
-    sn_dense = lambda n, h: layers.spectral_norm(layers.dense(n))(h, update_stats=update_stats)
     feats = [m.family.x_features(name=f'x_features_{m.name}')(x, update_stats)
              for m, x in zip(self.modalities, xs)]
-    hz = layers.leaky_relu(sn_dense(400, z))
-    hz = layers.leaky_relu(sn_dense(256, hz))
+    hz = layers.leaky_relu(layers.sn_dense(400, z, update_stats))
+    hz = layers.leaky_relu(layers.sn_dense(256, hz, update_stats))
     h = jnp.concatenate(feats + [hz], axis=-1)
-    h = layers.leaky_relu(sn_dense(1024, h))
-    h = layers.leaky_relu(sn_dense(1024, h))
-    return sn_dense(len(self.modalities) + 1, h)
+    h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
+    h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
+    return layers.sn_dense(len(self.modalities) + 1, h, update_stats)

@@ -11,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmali_jax.models import convolutions
+from mmali_jax.models import spectral
+
 weight_init = nn.initializers.normal(0.02)
 bias_init = nn.initializers.zeros
 
@@ -21,17 +24,14 @@ def dense(features, name=None):
 
 def conv(features, kernel, stride, padding, name=None):
   """nn.Conv2d(k, s, p) of PyTorch on NHWC inputs."""
-  return nn.Conv(features, (kernel, kernel), (stride, stride),
-                 padding=((padding, padding), (padding, padding)),
-                 kernel_init=weight_init, bias_init=bias_init, name=name)
+  return convolutions.Conv(features, kernel, stride, padding, kernel_init=weight_init,
+                           bias_init=bias_init, name=name)
 
 
 def conv_transpose(features, kernel, stride, padding, name=None):
   """nn.ConvTranspose2d(k, s, p) of PyTorch: output size (in - 1) * s - 2p + k."""
-  pad = kernel - 1 - padding
-  return nn.ConvTranspose(features, (kernel, kernel), (stride, stride),
-                          padding=((pad, pad), (pad, pad)),
-                          kernel_init=weight_init, bias_init=bias_init, name=name)
+  return convolutions.ConvTranspose(features, kernel, stride, padding, kernel_init=weight_init,
+                                    bias_init=bias_init, name=name)
 
 
 def _torch_kernel_init():
@@ -63,8 +63,16 @@ def torch_conv(features, kernel, stride, padding, in_features, name=None):
                  bias_init=_torch_bias_init(kernel * kernel * in_features), name=name)
 
 
-def spectral_norm(layer):
-  return nn.SpectralNorm(layer, n_steps=1, epsilon=1e-12)
+def sn_dense(features, x, update_stats):
+  """A spectrally normalised Dense layer applied to x (inside a compact module)."""
+  layer = spectral.Dense(features, weight_init, bias_init)
+  return spectral.SpectralNorm(layer)(x, update_stats)
+
+
+def sn_conv(features, kernel, stride, padding, x, update_stats):
+  """A spectrally normalised nn.Conv2d(k, s, p) applied to x (inside a compact module)."""
+  layer = spectral.Conv(features, kernel, weight_init, bias_init)
+  return spectral.SpectralNorm(layer, stride, padding)(x, update_stats)
 
 
 def leaky_relu(x):

@@ -42,9 +42,8 @@ class XFeatures(nn.Module):
   @nn.compact
   def __call__(self, x, update_stats):
     h = layers.flatten(x)
-    sn_dense = lambda n, h: layers.spectral_norm(layers.dense(n))(h, update_stats=update_stats)
-    h = layers.leaky_relu(sn_dense(self.hidden, h))
-    return layers.leaky_relu(sn_dense(self.features, h))
+    h = layers.leaky_relu(layers.sn_dense(self.hidden, h, update_stats))
+    return layers.leaky_relu(layers.sn_dense(self.features, h, update_stats))
 
 
 class XZDiscriminator(nn.Module):
@@ -54,10 +53,9 @@ class XZDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x, z, update_stats):
-    sn_dense = lambda n, h: layers.spectral_norm(layers.dense(n))(h, update_stats=update_stats)
     h = jnp.concatenate([layers.flatten(x), z], axis=-1)
-    h = layers.leaky_relu(sn_dense(self.hidden, h))
-    return sn_dense(self.outputs, h)
+    h = layers.leaky_relu(layers.sn_dense(self.hidden, h, update_stats))
+    return layers.sn_dense(self.outputs, h, update_stats)
 
 
 class Classifier(nn.Module):

@@ -45,10 +45,8 @@ class XFeatures(nn.Module):
   def __call__(self, x, update_stats):
     h = x
     for mult in (1, 2, 4):
-      h = layers.leaky_relu(layers.spectral_norm(layers.conv(self.width * mult, 4, 2, 1))(
-          h, update_stats=update_stats))
-    h = layers.leaky_relu(layers.spectral_norm(layers.conv(self.features, 4, 1, 0))(
-        h, update_stats=update_stats))
+      h = layers.leaky_relu(layers.sn_conv(self.width * mult, 4, 2, 1, h, update_stats))
+    h = layers.leaky_relu(layers.sn_conv(self.features, 4, 1, 0, h, update_stats))
     return layers.flatten(h)
 
 
@@ -58,14 +56,13 @@ class XZDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x, z, update_stats):
-    sn_dense = lambda n, h: layers.spectral_norm(layers.dense(n))(h, update_stats=update_stats)
     hx = XFeatures()(x, update_stats)
-    hz = layers.leaky_relu(sn_dense(256, z))
-    hz = layers.leaky_relu(sn_dense(256, hz))
+    hz = layers.leaky_relu(layers.sn_dense(256, z, update_stats))
+    hz = layers.leaky_relu(layers.sn_dense(256, hz, update_stats))
     h = jnp.concatenate([hx, hz], axis=-1)
-    h = layers.leaky_relu(sn_dense(1024, h))
-    h = layers.leaky_relu(sn_dense(1024, h))
-    return sn_dense(self.outputs, h)
+    h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
+    h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
+    return layers.sn_dense(self.outputs, h, update_stats)
 
 
 class Classifier(nn.Module):

@@ -1,0 +1,112 @@
+"""Spectrally normalised dense and convolution layers (docs/algorithm.md §5.4).
+
+Same variables, initialisation and arithmetic as `flax.linen.SpectralNorm(layer, n_steps=1,
+epsilon=1e-12)` around a Dense or Conv layer: one power iteration per call from the stored vector
+u, sigma = v W u^T with u and v constants for the gradient, and with `update_stats` the new u and
+sigma are stored. Two things are cheaper, neither changes what is computed beyond float rounding:
+
+- the layer runs on the raw kernel and its output is divided by sigma, (x W) / sigma + b, instead
+  of dividing every kernel entry, x (W / sigma) + b: the output of a batch is smaller than the
+  kernel, and the kernel is not copied at every call;
+- the product v W of the power iteration is reused for sigma instead of being recomputed.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmali_jax.models import convolutions
+
+EPSILON = 1e-12
+
+
+def _l2_normalize(x):
+  return x * jax.lax.rsqrt(jnp.sum(x * x) + EPSILON)
+
+
+def power_iteration(kernel, u):
+  """One power iteration on the kernel as a matrix [-1, out]: -> (new u, sigma).
+
+  sigma = v W u^T carries the gradient v^T u with respect to the kernel (u, v held constant)."""
+  new_u, sigma = _power_iteration(kernel.reshape(-1, kernel.shape[-1]), u[0])
+  return new_u[None], sigma
+
+
+@jax.custom_vjp
+def _power_iteration(matrix, u):
+  v = _l2_normalize(matrix @ u)
+  vw = v @ matrix
+  new_u = _l2_normalize(vw)
+  return new_u, vw @ new_u
+
+
+def _power_iteration_fwd(matrix, u):
+  v = _l2_normalize(matrix @ u)
+  vw = v @ matrix
+  new_u = _l2_normalize(vw)
+  return (new_u, vw @ new_u), (v, new_u)
+
+
+def _power_iteration_bwd(residuals, grads):
+  # Only sigma's dependence on the matrix (through v W, with u and v constants) has a gradient;
+  # written as an outer product in the matrix's own layout.
+  v, new_u = residuals
+  _, sigma_grad = grads
+  return sigma_grad * jnp.outer(v, new_u), None
+
+
+_power_iteration.defvjp(_power_iteration_fwd, _power_iteration_bwd)
+
+
+class Dense(nn.Module):
+  """The parameters of a Dense layer, kernel [in, out] and bias, as flax.linen.Dense's."""
+  features: int
+  kernel_init: nn.initializers.Initializer
+  bias_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self, in_features):
+    return (self.param('kernel', self.kernel_init, (in_features, self.features)),
+            self.param('bias', self.bias_init, (self.features,)))
+
+
+class Conv(nn.Module):
+  """The parameters of a k x k convolution, kernel [k, k, in, out] and bias, as flax.linen.Conv's.
+  """
+  features: int
+  kernel_size: int
+  kernel_init: nn.initializers.Initializer
+  bias_init: nn.initializers.Initializer
+
+  @nn.compact
+  def __call__(self, in_features):
+    k = self.kernel_size
+    return (self.param('kernel', self.kernel_init, (k, k, in_features, self.features)),
+            self.param('bias', self.bias_init, (self.features,)))
+
+
+class SpectralNorm(nn.Module):
+  """`layer` (a `Dense` or a `Conv` with `stride` and `padding`), spectrally normalised.
+
+  As with flax.linen.SpectralNorm, the layer is created in the calling module, which holds its
+  parameters (e.g. Dense_1); this module holds the power-iteration state (Dense_1/kernel/u and
+  Dense_1/kernel/sigma in 'batch_stats')."""
+  layer: nn.Module
+  stride: int = 1
+  padding: int = 0
+
+  @nn.compact
+  def __call__(self, x, update_stats):
+    kernel, bias = self.layer(x.shape[-1])
+    name = self.layer.name
+    u = self.variable('batch_stats', f'{name}/kernel/u', jax.random.normal,
+                      self.make_rng('params') if self.is_initializing() else None,
+                      (1, kernel.shape[-1]), jnp.float32)
+    sigma_var = self.variable('batch_stats', f'{name}/kernel/sigma', jnp.ones, (), jnp.float32)
+    new_u, sigma = power_iteration(kernel, u.value)
+    if update_stats:
+      u.value, sigma_var.value = new_u, sigma
+    if isinstance(self.layer, Conv):
+      y = convolutions.conv2d(x, kernel, self.stride, self.padding)
+    else:
+      y = x @ kernel
+    return y / jnp.where(sigma != 0, sigma, 1) + bias
