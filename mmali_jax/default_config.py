@@ -55,6 +55,10 @@ def base_config():
   # device; calls never cross a logging, checkpoint or evaluation step. 0 = automatic: 1 on CPU
   # (XLA:CPU runs convolutions inside loops slower), 100 on GPU/TPU.
   config.steps_per_dispatch = 0
+  # Precision of float32 matmuls and convolutions on GPU/TPU (no effect on CPU): 'highest' is full
+  # float32, as the reference's PyTorch matmuls; 'tensorfloat32' or 'bfloat16' trade accuracy
+  # for speed (docs/algorithm.md §5.3).
+  config.matmul_precision = 'highest'
   # Local devices the batch is sharded over ('data' mesh axis); None = all of them.
   config.num_devices = ml_collections.config_dict.placeholder(int)
 

@@ -2,9 +2,12 @@
 
 Re-running the same command on the same workdir resumes from its latest checkpoint.
 """
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from mmali_jax import console
@@ -12,6 +15,9 @@ from mmali_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
+flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'mmali_jax', 'xla'),
+                    'Persistent XLA compilation cache, so that restarts skip recompiling; '
+                    "'' turns it off.")
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:args]).',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -21,6 +27,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_libraries()
+  if FLAGS.compilation_cache:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
   logging.info('Config:\n%s', FLAGS.config)
   console.run(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 

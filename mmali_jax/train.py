@@ -26,6 +26,9 @@ from mmali_jax.evaluators import evaluator as evaluator_lib
 RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                     'keep_checkpoints', 'num_devices', 'steps_per_dispatch', 'data.tfds_data_dir',
                     'eval')
+# matmul_precision is not among them: it changes the numbers a run computes.
+MATMUL_PRECISIONS = ('highest', 'float32', 'high', 'tensorfloat32', 'bfloat16_3x', 'default',
+                     'bfloat16')
 
 
 def _flatten(d, prefix=''):
@@ -47,6 +50,12 @@ def check_config(config):
     raise ValueError(f'config.data.percentage={config.data.percentage} must be in (0, 1].')
   if not 0.0 <= config.ema.decay < 1.0:
     raise ValueError(f'config.ema.decay={config.ema.decay} must be in [0, 1).')
+  if config.matmul_precision not in MATMUL_PRECISIONS:
+    raise ValueError(f'config.matmul_precision={config.matmul_precision!r}; choose one of '
+                     f'{MATMUL_PRECISIONS}.')
+  if int(config.steps_per_dispatch) < 0:
+    raise ValueError(f'config.steps_per_dispatch={config.steps_per_dispatch} must be >= 0 '
+                     '(0 = automatic).')
 
 
 def make_mesh(config):

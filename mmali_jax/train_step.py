@@ -133,10 +133,11 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None):
     return train_step(state, batch)
 
   def train_steps(state, data, num_steps):
-    if num_steps == 1:
-      return one_step(state, data)
-    state, metrics = jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
-    return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    with jax.default_matmul_precision(config.matmul_precision):
+      if num_steps == 1:
+        return one_step(state, data)
+      state, metrics = jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
+      return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
   return train_steps
 

@@ -130,3 +130,21 @@ def test_power_iteration_gradient_is_that_of_v_w_u():
   v = kernel @ u[0] / jnp.linalg.norm(kernel @ u[0])
   new_u = v @ kernel / jnp.linalg.norm(v @ kernel)
   np.testing.assert_allclose(grad, jnp.outer(v, new_u), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_on_input_parts_equals_dense_on_their_concatenation():
+  class Parts(nn.Module):
+    split: bool
+
+    @nn.compact
+    def __call__(self, a, b):
+      x = (a, b) if self.split else jnp.concatenate([a, b], axis=-1)
+      return layers.sn_dense(5, x, update_stats=True)
+
+  a = jax.random.normal(jax.random.PRNGKey(0), (4, 7))
+  b = jax.random.normal(jax.random.PRNGKey(1), (4, 3))
+  variables = Parts(True).init(jax.random.PRNGKey(2), a, b)
+  jax.tree.map(np.testing.assert_array_equal, variables,
+               Parts(False).init(jax.random.PRNGKey(2), a, b))
+  outs = [Parts(split).apply(variables, a, b, mutable=['batch_stats']) for split in (True, False)]
+  _close(outs[0], outs[1])

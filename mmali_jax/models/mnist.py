@@ -5,7 +5,6 @@ Architectures: docs/algorithm.md §6.
 import math
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from mmali_jax.models import layers
 
@@ -53,8 +52,8 @@ class XZDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x, z, update_stats):
-    h = jnp.concatenate([layers.flatten(x), z], axis=-1)
-    h = layers.leaky_relu(layers.sn_dense(self.hidden, h, update_stats))
+    # The concatenation in two parts: the image's product is shared by calls on the same images.
+    h = layers.leaky_relu(layers.sn_dense(self.hidden, (layers.flatten(x), z), update_stats))
     return layers.sn_dense(self.outputs, h, update_stats)
 
 

@@ -8,11 +8,15 @@ sigma are stored. Two things are cheaper, neither changes what is computed beyon
 - the layer runs on the raw kernel and its output is divided by sigma, (x W) / sigma + b, instead
   of dividing every kernel entry, x (W / sigma) + b: the output of a batch is smaller than the
   kernel, and the kernel is not copied at every call;
-- the product v W of the power iteration is reused for sigma instead of being recomputed.
+- the product v W of the power iteration is reused for sigma instead of being recomputed;
+- since the product uses the raw kernel, an input seen by several calls of one discriminator
+  (the same images next to different latents) gives the same operation in every call, which XLA
+  computes once (a Dense layer may take its input in parts for this, see `__call__`).
 """
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmali_jax.models import convolutions
 
@@ -96,7 +100,12 @@ class SpectralNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, update_stats):
-    kernel, bias = self.layer(x.shape[-1])
+    """x: the input, or for a Dense a tuple of inputs standing for their concatenation along the
+    last axis, whose products with the matching kernel rows are computed separately: a part
+    seen by several calls (the image next to different latents) is then the same operation in
+    every call, which XLA computes once."""
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    kernel, bias = self.layer(sum(p.shape[-1] for p in parts))
     name = self.layer.name
     u = self.variable('batch_stats', f'{name}/kernel/u', jax.random.normal,
                       self.make_rng('params') if self.is_initializing() else None,
@@ -108,5 +117,6 @@ class SpectralNorm(nn.Module):
     if isinstance(self.layer, Conv):
       y = convolutions.conv2d(x, kernel, self.stride, self.padding)
     else:
-      y = x @ kernel
+      offsets = np.cumsum([0] + [p.shape[-1] for p in parts])
+      y = sum(p @ kernel[start:stop] for p, start, stop in zip(parts, offsets, offsets[1:]))
     return y / jnp.where(sigma != 0, sigma, 1) + bias

@@ -1,0 +1,273 @@
+"""The speed benchmarks, one command for all, on whatever devices are present:
+
+  python benchmarks/run.py                                    # every case, step benchmarks only
+  python benchmarks/run.py --data_dir=/data/tfds              # + the real training loop
+  python benchmarks/run.py --reference_dir=/src/mmali --reference_python=/venv-torch/bin/python
+
+For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch 64, it measures:
+- compile time of the training step;
+- iterations/s of the jitted step (batches drawn on the device, `steps_per_dispatch`
+  iterations per call as training does), and of the input pipeline alone (sampling and
+  gathering a batch on the device);
+- XLA's FLOP count of one iteration, the FLOP/s achieved, and its fraction of the device's
+  float32 matmul rate, measured in the same run (large square matmuls);
+- peak memory (device memory where the backend reports it, else the process's peak RSS);
+- with --data_dir: iterations/s of the real training loop, `python -m mmali_jax.main` with
+  evaluation off, read from the steps/s it logs (median after the first logging interval);
+- with --reference_dir: the authors' PyTorch iteration on random tensors
+  (benchmarks/reference_step.py), run in the same run on the same machine.
+
+Writes <out_dir>/<device>.json and <device>.md (a table) and prints the table.
+"""
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from mmali_jax import curves
+from mmali_jax import networks
+from mmali_jax import train
+from mmali_jax import train_step
+from mmali_jax.data import sampler
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+CASES = (  # (name, config file, config argument)
+    ('MNIST-SVHN factorized', 'mnist_svhn', 'discriminator=factorized'),
+    ('MNIST-SVHN monolithic', 'mnist_svhn', 'discriminator=monolithic'),
+    ('MultiMNIST M=2 factorized', 'multimnist', 'modalities=2,discriminator=factorized'),
+    ('MultiMNIST M=2 monolithic', 'multimnist', 'modalities=2,discriminator=monolithic'),
+    ('MultiMNIST M=4 factorized', 'multimnist', 'modalities=4,discriminator=factorized'),
+    ('MultiMNIST M=4 monolithic', 'multimnist', 'modalities=4,discriminator=monolithic'),
+)
+
+flags.DEFINE_string('out_dir', os.path.join(ROOT, 'benchmarks', 'results'), 'Where results go.')
+flags.DEFINE_float('seconds', 20.0, 'Approximate timed seconds per measurement.')
+flags.DEFINE_string('cases', '', 'Comma-separated substrings selecting cases (default: all).')
+flags.DEFINE_string('data_dir', None, 'TFDS data dir with mnist and svhn_cropped, to time the '
+                    'real training loop (a stand-in svhn_cropped is fine for timing).')
+flags.DEFINE_integer('loop_steps', 0, 'Steps of the training-loop run (0: from --seconds).')
+flags.DEFINE_string('reference_dir', None, 'A checkout of the authors\' code (6b5d/mmali).')
+flags.DEFINE_string('reference_python', sys.executable,
+                    'A Python with PyTorch and the reference\'s dependencies.')
+FLAGS = flags.FLAGS
+
+
+def _load_config(name, arg):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def device_name():
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    model = ''
+    try:
+      with open('/proc/cpuinfo') as f:
+        model = re.search(r'model name\s*:\s*(.*)', f.read()).group(1)
+    except (OSError, AttributeError):
+      model = platform.processor()
+    return f'cpu-{os.cpu_count()}cores-' + re.sub(r'[^A-Za-z0-9]+', '-', model).strip('-')
+  return re.sub(r'[^A-Za-z0-9]+', '-', f'{device.platform}-{jax.device_count()}x-'
+                f'{device.device_kind}').strip('-')
+
+
+def _timed(fn, seconds, min_reps=3):
+  """Median seconds per call of fn() (which blocks), over repetitions filling `seconds`."""
+  fn()
+  times, start = [], time.perf_counter()
+  while len(times) < min_reps or time.perf_counter() - start < seconds:
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def matmul_rate(seconds):
+  """float32 FLOP/s of large square matmuls on the default device (the best of a few sizes)."""
+  best = 0.0
+  for n in (1024, 2048, 4096):
+    a = jnp.ones((n, n), jnp.float32)
+    with jax.default_matmul_precision('highest'):
+      f = jax.jit(lambda a: a @ a)
+      dt = _timed(lambda: f(a).block_until_ready(), seconds / 3)
+    best = max(best, 2 * n ** 3 / dt)
+  return best
+
+
+def _peak_memory():
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return 'device', int(stats['peak_bytes_in_use'])
+  return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _random_data(config, mods, num_examples=2000, num_pairs=20000):
+  rng = np.random.default_rng(0)
+  return {'images': tuple(rng.integers(0, 256, (num_examples,) + m.image_shape, dtype=np.uint8)
+                          for m in mods),
+          'pairs': rng.integers(0, num_examples, (num_pairs, len(mods))).astype(np.int32),
+          'key': train_step.data_key(config.seed)}
+
+
+def benchmark_step(config, seconds):
+  """Compile time, step and input-pipeline rates, FLOPs of the jitted training step."""
+  mods, gen, disc = networks.build(config)
+  mesh = train.make_mesh(config)
+  fn, shardings = train.compile_train_steps(config, gen, disc, mods, mesh)
+  state = jax.device_put(train_step.create_train_state(config, gen, disc, mods),
+                         shardings.replicated)
+  data = jax.device_put(_random_data(config, mods), shardings.replicated)
+  k = train.steps_per_dispatch(config)
+  start = time.perf_counter()
+  compiled = fn.lower(state, data, k).compile()
+  compile_s = time.perf_counter() - start
+  single = compiled if k == 1 else fn.lower(state, data, 1).compile()
+  flops = single.cost_analysis().get('flops', float('nan'))
+
+  def run():
+    nonlocal state
+    state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+
+  step_s = _timed(run, seconds) / k
+
+  unpaired = bool(config.data.unpaired)
+  sizes = [x.shape[0] for x in data['images']]
+
+  @jax.jit
+  def pipeline(data, step):
+    indices = sampler.batch_indices(data['key'], step, data['pairs'].shape[0], sizes,
+                                    config.batch_size, unpaired)
+    return sampler.gather(data['images'], data['pairs'], indices, unpaired)
+
+  counter = [0]
+
+  def sample():
+    counter[0] += 1
+    jax.block_until_ready(pipeline(data, counter[0]))
+
+  pipeline_s = _timed(sample, seconds / 4)
+  return dict(compile_s=round(compile_s, 2), steps_per_dispatch=k,
+              step_iterations_per_s=round(1 / step_s, 2), step_ms=round(1000 * step_s, 2),
+              flops_per_iteration=flops, achieved_flops_per_s=flops / step_s,
+              pipeline_batches_per_s=round(1 / pipeline_s, 1))
+
+
+def benchmark_loop(config_file, arg, steps, data_dir):
+  """Iterations/s of `python -m mmali_jax.main` (evaluation off), from the steps/s it logs."""
+  workdir = tempfile.mkdtemp(prefix='mmali_bench_')
+  try:
+    log_every = max(10, steps // 10)
+    cmd = [sys.executable, '-m', 'mmali_jax.main', f'--config=configs/{config_file}.py:{arg}',
+           f'--workdir={workdir}', f'--config.data.tfds_data_dir={data_dir}',
+           f'--config.num_train_steps={steps}', f'--config.log_every_steps={log_every}',
+           f'--config.checkpoint_every_steps={steps}', '--config.eval.every_steps=0',
+           '--compilation_cache=']
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    rates = [v for step, v in curves.read_scalars(workdir)['steps_per_sec'] if step > log_every]
+    return dict(loop_iterations_per_s=round(float(np.median(rates)), 2), loop_steps=steps)
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def benchmark_reference(config_file, config):
+  experiment = 'mnist_svhn' if config_file == 'mnist_svhn' else 'multimnist'
+  kind = networks.discriminator_kind(config.discriminator)
+  if experiment == 'mnist_svhn' and kind == 'monolithic':
+    return {}  # the reference has no MNIST-SVHN baseline
+  cmd = [FLAGS.reference_python, os.path.join(ROOT, 'benchmarks', 'reference_step.py'),
+         f'--reference_dir={FLAGS.reference_dir}', f'--experiment={experiment}',
+         f'--modalities={len(config.modalities)}', f'--discriminator={kind}',
+         f'--batch_size={config.batch_size}',
+         f'--steps={max(5, int(FLAGS.seconds / (0.5 if experiment == "mnist_svhn" else 0.1)))}']
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+  record = json.loads(out.strip().splitlines()[-1])
+  return dict(reference_ms=record['ms_per_iteration'],
+              reference_iterations_per_s=record['iterations_per_s'],
+              reference_torch=record['torch'])
+
+
+def _table(results):
+  cols = [('case', 'case'), ('compile s', 'compile_s'), ('step it/s', 'step_iterations_per_s'),
+          ('loop it/s', 'loop_iterations_per_s'), ('reference it/s', 'reference_iterations_per_s'),
+          ('speed-up vs reference', 'speedup_vs_reference'),
+          ('GFLOP/it', 'gflop_per_iteration'), ('achieved GFLOP/s', 'achieved_gflop_per_s'),
+          ('% of matmul peak', 'percent_of_matmul_peak'), ('peak memory MB', 'peak_memory_mb'),
+          ('pipeline batches/s', 'pipeline_batches_per_s'),
+          ('250k steps take (h)', 'hours_for_250k_steps')]
+  lines = ['| ' + ' | '.join(c for c, _ in cols) + ' |', '|' + '---|' * len(cols)]
+  for r in results:
+    lines.append('| ' + ' | '.join(str(r.get(k, '–')) for _, k in cols) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  selected = [c for c in CASES
+              if not FLAGS.cases or any(s in c[0] for s in FLAGS.cases.split(','))]
+  name = device_name()
+  peak = matmul_rate(FLAGS.seconds)
+  results = []
+  for case, config_file, arg in selected:
+    config = _load_config(config_file, arg)
+    record = dict(case=case, config=f'configs/{config_file}.py:{arg}',
+                  batch_size=config.batch_size, devices=jax.device_count())
+    record.update(benchmark_step(config, FLAGS.seconds))
+    if FLAGS.data_dir:
+      steps = FLAGS.loop_steps or max(50, int(3 * FLAGS.seconds * record['step_iterations_per_s']))
+      record.update(benchmark_loop(config_file, arg, steps, FLAGS.data_dir))
+    if FLAGS.reference_dir:
+      record.update(benchmark_reference(config_file, config))
+      if 'reference_iterations_per_s' in record:
+        ours = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
+        record['speedup_vs_reference'] = round(ours / record['reference_iterations_per_s'], 2)
+    memory_kind, memory = _peak_memory()
+    rate = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
+    record.update(
+        gflop_per_iteration=round(record['flops_per_iteration'] / 1e9, 2),
+        achieved_gflop_per_s=round(record.pop('achieved_flops_per_s') / 1e9, 1),
+        percent_of_matmul_peak=round(100 * record['flops_per_iteration'] *
+                                     record['step_iterations_per_s'] / peak, 1),
+        peak_memory_mb=round(memory / 2 ** 20), peak_memory_kind=memory_kind,
+        hours_for_250k_steps=round(250_000 / rate / 3600, 2))
+    results.append(record)
+    print(json.dumps(record), flush=True)
+  summary = dict(device=name, devices=[str(d) for d in jax.devices()], jax=jax.__version__,
+                 matmul_peak_gflop_per_s=round(peak / 1e9, 1), command=' '.join(sys.argv),
+                 date=time.strftime('%Y-%m-%d'), results=results)
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  with open(os.path.join(FLAGS.out_dir, f'{name}.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  text = (f'# Benchmarks on {name}\n\n`{summary["command"]}` ({summary["date"]}, jax '
+          f'{jax.__version__}; float32 matmul peak measured in the same run: '
+          f'{summary["matmul_peak_gflop_per_s"]} GFLOP/s). Step it/s: the jitted training step '
+          'on device-resident random data; loop it/s: `python -m mmali_jax.main` on real data; '
+          'reference: the authors\' PyTorch iteration on random tensors, same machine, same '
+          'run. The 250k-steps estimate uses the loop rate where measured.\n\n'
+          + _table(results) + '\n')
+  with open(os.path.join(FLAGS.out_dir, f'{name}.md'), 'w') as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == '__main__':
+  app.run(main)
