@@ -1,0 +1,96 @@
+"""Table 1 as a sweep on generated data: runs, shared classifiers, the table, no retraining."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mmali_jax import tables
+from mmali_jax import train
+from tests.conftest import small_config
+
+
+def _tiny(arg):
+  config = small_config('multimnist', arg, num_train_steps=2, checkpoint_every_steps=2)
+  config.eval.every_steps = 2
+  config.eval.probe_epochs = 2
+  config.eval.probe_holdout = 4
+  config.eval.classifier_epochs = 1
+  config.eval.classifier_holdout = 4
+  config.eval.num_joint_samples = 32
+  config.eval.batch_size = 32
+  config.eval.num_figure_examples = 2
+  return config
+
+
+@pytest.fixture
+def compilation_cache(tmp_path_factory):
+  """Runs that differ only by seed compile to the same programs: compile them once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  saved = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  yield
+  jax.config.update('jax_compilation_cache_dir', saved[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', saved[1])
+
+
+@pytest.mark.usefixtures('compilation_cache')
+def test_table1_sweep_on_generated_data(tmp_path):
+  root = str(tmp_path)
+  runs = tables.table1_runs(_tiny, seeds=2, modalities=(2, 3))
+  assert sorted(runs) == sorted(f'mm{m}_{k}_seed{s}' for m in (2, 3)
+                                for k in ('factorized', 'monolithic') for s in (0, 1))
+  assert runs['mm3_monolithic_seed1'].seed == 1
+  for config in runs.values():
+    config.eval.classifier_dir = os.path.join(root, 'classifiers')
+  with tfds.testing.mock_data(num_examples=24):
+    tables.train_classifiers(runs, root)
+    assert sorted(os.listdir(tmp_path / 'classifiers')) == [
+        'mnist_rot0', 'mnist_rot1', 'mnist_rot2']  # trained once, for every rotation
+    started = tables.train_and_evaluate_runs(runs, root, train.train_and_evaluate)
+    text = tables.aggregate(runs, root)
+  assert sorted(started) == sorted(runs)
+  assert (tmp_path / 'table1.png').stat().st_size > 0
+  assert (tmp_path / 'table1.md').read_text() == text
+
+  # Every cell is the mean and sample standard deviation of its two runs' metrics.
+  section = text.split('## final epoch (headline)')[1].split('##')[0]
+  for m in (2, 3):
+    for kind, label in (('factorized', 'Factorized'), ('monolithic', 'Joint (monolithic)')):
+      values = []
+      for seed in (0, 1):
+        with open(tmp_path / f'mm{m}_{kind}_seed{seed}' / 'eval' / 'metrics_step_2.json') as f:
+          values.append(json.load(f)['latent/0mnist/both/final_test_accuracy'])
+      row = [l for l in section.splitlines() if l.startswith(f'| {label} |')][0]
+      cell = row.split('|')[2 + (m - 2)]
+      mean, std = map(float, re.match(r'\s*([\d.]+) ± ([\d.]+) \(n=2\)', cell).groups())
+      assert mean == pytest.approx(np.mean(values), abs=0.005)
+      assert std == pytest.approx(np.std(values, ddof=1), abs=0.005)
+      assert f'[{tables.report.TABLE1[kind][m]:.2f}]' in cell
+
+  def must_not_train(config, workdir):
+    raise AssertionError(f'{workdir} was trained again')
+
+  assert tables.train_and_evaluate_runs(runs, root, must_not_train) == []
+
+
+def _reproduce(*args):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, '-m', 'mmali_jax.reproduce', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_reproduce_command_refuses_unknown_tables_and_runs(tmp_path):
+  result = _reproduce('--table=2', f'--root={tmp_path}')
+  assert result.returncode != 0 and 'only Table (1,)' in result.stderr
+  result = _reproduce('--table=1', f'--root={tmp_path}', '--seeds=1', '--runs=mm9_factorized_seed0')
+  assert result.returncode != 0 and "Unknown runs ['mm9_factorized_seed0']" in result.stderr
+  result = _reproduce('--table=1', f'--root={tmp_path}', '--aggregate_only')
+  assert result.returncode == 1 and 'No finished run' in result.stderr
+  assert 'Traceback' not in result.stderr
