@@ -11,7 +11,8 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
   gathering a batch on the device);
 - XLA's FLOP count of one iteration, the FLOP/s achieved, and its fraction of the device's
   float32 matmul rate, measured in the same run (large square matmuls);
-- peak memory (device memory where the backend reports it, else the process's peak RSS);
+- peak memory: XLA's memory of the compiled step (arguments, outputs, temporaries), and the
+  device's peak bytes in use where the backend reports it (GPU, TPU);
 - with --data_dir: iterations/s of the real training loop, `python -m mmali_jax.main` with
   evaluation off, read from the steps/s it logs (median after the first logging interval);
 - with --reference_dir: the authors' PyTorch iteration on random tensors
@@ -23,7 +24,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -113,11 +113,18 @@ def matmul_rate(seconds):
   return best
 
 
-def _peak_memory():
+def _program_memory(compiled):
+  """XLA's peak memory of the compiled step (arguments, outputs and temporaries)."""
+  m = compiled.memory_analysis()
+  peak = getattr(m, 'peak_memory_in_bytes', 0)
+  return peak or (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+                  m.alias_size_in_bytes)
+
+
+def _device_peak_memory():
+  """The device's peak bytes in use so far, where the backend reports it (GPU, TPU), else None."""
   stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return 'device', int(stats['peak_bytes_in_use'])
-  return 'process max RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return stats.get('peak_bytes_in_use')
 
 
 def _random_data(config, mods, num_examples=2000, num_pairs=20000):
@@ -142,6 +149,7 @@ def benchmark_step(config, seconds):
   compile_s = time.perf_counter() - start
   single = compiled if k == 1 else fn.lower(state, data, 1).compile()
   flops = single.cost_analysis().get('flops', float('nan'))
+  program_memory = _program_memory(compiled)
 
   def run():
     nonlocal state
@@ -167,6 +175,7 @@ def benchmark_step(config, seconds):
 
   pipeline_s = _timed(sample, seconds / 4)
   return dict(compile_s=round(compile_s, 2), steps_per_dispatch=k,
+              step_memory_mb=round(program_memory / 2 ** 20),
               step_iterations_per_s=round(1 / step_s, 2), step_ms=round(1000 * step_s, 2),
               flops_per_iteration=flops, achieved_flops_per_s=flops / step_s,
               pipeline_batches_per_s=round(1 / pipeline_s, 1))
@@ -211,7 +220,8 @@ def _table(results):
           ('loop it/s', 'loop_iterations_per_s'), ('reference it/s', 'reference_iterations_per_s'),
           ('speed-up vs reference', 'speedup_vs_reference'),
           ('GFLOP/it', 'gflop_per_iteration'), ('achieved GFLOP/s', 'achieved_gflop_per_s'),
-          ('% of matmul peak', 'percent_of_matmul_peak'), ('peak memory MB', 'peak_memory_mb'),
+          ('% of matmul peak', 'percent_of_matmul_peak'),
+          ('step memory MB', 'step_memory_mb'), ('device peak MB', 'device_peak_memory_mb'),
           ('pipeline batches/s', 'pipeline_batches_per_s'),
           ('250k steps take (h)', 'hours_for_250k_steps')]
   lines = ['| ' + ' | '.join(c for c, _ in cols) + ' |', '|' + '---|' * len(cols)]
@@ -240,14 +250,15 @@ def main(argv):
       if 'reference_iterations_per_s' in record:
         ours = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
         record['speedup_vs_reference'] = round(ours / record['reference_iterations_per_s'], 2)
-    memory_kind, memory = _peak_memory()
     rate = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
+    device_peak = _device_peak_memory()
+    if device_peak is not None:
+      record['device_peak_memory_mb'] = round(device_peak / 2 ** 20)
     record.update(
         gflop_per_iteration=round(record['flops_per_iteration'] / 1e9, 2),
         achieved_gflop_per_s=round(record.pop('achieved_flops_per_s') / 1e9, 1),
         percent_of_matmul_peak=round(100 * record['flops_per_iteration'] *
                                      record['step_iterations_per_s'] / peak, 1),
-        peak_memory_mb=round(memory / 2 ** 20), peak_memory_kind=memory_kind,
         hours_for_250k_steps=round(250_000 / rate / 3600, 2))
     results.append(record)
     print(json.dumps(record), flush=True)
@@ -262,7 +273,8 @@ def main(argv):
           f'{summary["matmul_peak_gflop_per_s"]} GFLOP/s). Step it/s: the jitted training step '
           'on device-resident random data; loop it/s: `python -m mmali_jax.main` on real data; '
           'reference: the authors\' PyTorch iteration on random tensors, same machine, same '
-          'run. The 250k-steps estimate uses the loop rate where measured.\n\n'
+          'run. Step memory: XLA\'s peak memory of the compiled step (dataset included). The '
+          '250k-steps estimate uses the loop rate where measured.\n\n'
           + _table(results) + '\n')
   with open(os.path.join(FLAGS.out_dir, f'{name}.md'), 'w') as f:
     f.write(text)

@@ -13,6 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mmali_jax import default_config
+from mmali_jax import distributed
 
 
 class CheckpointError(RuntimeError):
@@ -64,14 +65,17 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, state):
-    train, ema = _split(jax.device_get(state))
-    step = int(train['step'])
+    """Saves the state's arrays as they are sharded (every process of a job takes part; orbax
+    copies them off the devices before returning and writes in the background)."""
+    train, ema = _split(state)
+    step = int(distributed.local(train['step']))
     self.manager.save(step, args=ocp.args.Composite(
         train=ocp.args.StandardSave(train), ema=ocp.args.StandardSave(ema)))
     return step
 
   def restore(self, template):
-    """Restores the latest checkpoint into the structure of `template` (None if there is none)."""
+    """Restores the latest checkpoint into the structure and shardings of `template` (None if
+    there is none); the number of processes and devices may differ from the saving run's."""
     step = self.manager.latest_step()
     if step is None:
       return None

@@ -18,9 +18,10 @@ def quiet_libraries():
 def user_errors():
   """Exceptions whose message already tells the user what to do: shown without a traceback."""
   from mmali_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from mmali_jax import distributed  # pylint: disable=g-import-not-at-top
   from mmali_jax.data import sources  # pylint: disable=g-import-not-at-top
   return (sources.MissingDatasetError, checkpointing.CheckpointError,
-          checkpointing.WorkdirConfigError)
+          checkpointing.WorkdirConfigError, distributed.DistributedError)
 
 
 def run(fn, *args):

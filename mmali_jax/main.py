@@ -1,6 +1,9 @@
 """Trains MMALI: python -m mmali_jax.main --config=configs/mnist_svhn.py --workdir=runs/ms
 
-Re-running the same command on the same workdir resumes from its latest checkpoint.
+Re-running the same command on the same workdir resumes from its latest checkpoint. Several
+processes (hosts) train together when launched under SLURM with several tasks, on the workers of
+a Cloud TPU VM slice, or with --coordinator_address, --num_processes and --process_id (the same
+command on every process; see launch/).
 """
 import os
 
@@ -11,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from mmali_jax import console
+from mmali_jax import distributed
 from mmali_jax import train
 
 FLAGS = flags.FLAGS
@@ -18,6 +22,12 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and sample
 flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'mmali_jax', 'xla'),
                     'Persistent XLA compilation cache, so that restarts skip recompiling; '
                     "'' turns it off.")
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for a multi-process job without SLURM or Cloud TPU.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of the job.')
+flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 .. num_processes - 1.')
+flags.DEFINE_integer('distributed_timeout', 300,
+                     'Seconds to wait for every process to join the job.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:args]).',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -27,6 +37,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_libraries()
+  console.run(distributed.initialize, FLAGS.coordinator_address, FLAGS.num_processes,
+              FLAGS.process_id, FLAGS.distributed_timeout)
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
   logging.info('Config:\n%s', FLAGS.config)

@@ -14,6 +14,7 @@ import numpy as np
 from mmali_jax import checkpointing
 from mmali_jax import curves
 from mmali_jax import default_config
+from mmali_jax import distributed
 from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import samples
@@ -59,16 +60,21 @@ def check_config(config):
 
 
 def make_mesh(config):
-  devices = jax.local_devices()
+  """A 'data' mesh over every device of the job (of every process in a multi-process job)."""
+  devices = jax.devices()
   if config.num_devices is not None:
+    if jax.process_count() > 1:
+      raise ValueError('config.num_devices limits the devices of a single-process run; a '
+                       'multi-process job uses all of them (leave it unset).')
     if not 1 <= config.num_devices <= len(devices):
-      raise ValueError(f'config.num_devices={config.num_devices}, but {len(devices)} local '
+      raise ValueError(f'config.num_devices={config.num_devices}, but {len(devices)} '
                        'devices are available.')
     devices = devices[:config.num_devices]
   if config.batch_size % len(devices):
+    where = f' of {jax.process_count()} processes' if jax.process_count() > 1 else ''
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible by the '
-                     f'{len(devices)} devices the batch is sharded over; pick a multiple of '
-                     f'{len(devices)} (or set config.num_devices).')
+                     f'{len(devices)} devices{where} the batch is sharded over; pick a multiple '
+                     f'of {len(devices)}' + ('.' if where else ' (or set config.num_devices).'))
   return jax.sharding.Mesh(np.asarray(devices), ('data',))
 
 
@@ -129,8 +135,9 @@ def _comparable(config_dict):
   return flat
 
 
-def _check_workdir_config(config, workdir):
-  """Writes <workdir>/config.json, or refuses to resume a run made with a different config."""
+def _check_workdir_config(config, workdir, write=True):
+  """Writes <workdir>/config.json (if `write`), or refuses to resume a run made with a different
+  config."""
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
@@ -144,9 +151,10 @@ def _check_workdir_config(config, workdir):
       raise checkpointing.WorkdirConfigError(
           f'{workdir} holds a run with a different config ({details}). Its checkpoints were '
           'left untouched; use a new --workdir, or the original config to resume.')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(current, f, indent=2)
-  os.replace(path + '.tmp', path)
+  if write:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(current, f, indent=2)
+    os.replace(path + '.tmp', path)
 
 
 class ProgressReport(periodic_actions.ReportProgress):
@@ -170,25 +178,34 @@ class ProgressReport(periodic_actions.ReportProgress):
 
 
 def train_and_evaluate(config, workdir):
-  """Trains (or resumes) the run in `workdir` up to config.num_train_steps; returns the state."""
+  """Trains (or resumes) the run in `workdir` up to config.num_train_steps; returns the state.
+
+  In a multi-process job every process calls it with the same config: each holds the training set
+  and a replica of the state on its devices, the batch is split over all devices of the job,
+  checkpoints are written and read by all processes together (orbax), and only process 0 writes
+  logs, images, evaluations and config.json.
+  """
   check_config(config)
+  distributed.check_same_config(config.to_json_best_effort(sort_keys=True))
   mesh = make_mesh(config)
   mods, gen, disc = networks.build(config)
+  main_process = distributed.is_main_process()
   os.makedirs(workdir, exist_ok=True)
-  _check_workdir_config(config, workdir)
+  _check_workdir_config(config, workdir, write=main_process)
 
   dataset = pipeline.load_dataset(config, 'train')
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
   train_steps, shardings = compile_train_steps(config, gen, disc, mods, mesh)
-  data = jax.device_put(train_step_lib.device_data(dataset, config.seed), shardings.replicated)
-  state = train_step_lib.create_train_state(config, gen, disc, mods)
+  data = distributed.replicate(train_step_lib.device_data(dataset, config.seed),
+                               shardings.replicated)
+  state = distributed.replicate(train_step_lib.create_train_state(config, gen, disc, mods),
+                                shardings.replicated)
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   restored = checkpointer.restore(state)
   if restored is not None:
     state = restored
-    logging.info('Resumed %s from step %d.', workdir, int(state.step))
-  state = jax.device_put(state, shardings.replicated)
-  start = int(state.step)
+    logging.info('Resumed %s from step %d.', workdir, int(distributed.local(state.step)))
+  start = int(distributed.local(state.step))
   if start >= config.num_train_steps:
     logging.info('%s has already trained %d >= %d steps; nothing to do.', workdir, start,
                  config.num_train_steps)
@@ -204,18 +221,22 @@ def train_and_evaluate(config, workdir):
   fixed_styles = [rng.standard_normal((num_images, config.style_dim), np.float32) for _ in mods]
   fixed_content = rng.standard_normal((num_images, content_dim), np.float32)
   sample_names, sample_fn = samples.make_sample_fn(gen, mods, config.style_dim)
-  os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+  if main_process:
+    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not main_process,
+                                                asynchronous=True)
   if start == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
 
   def save(state):
-    """Checkpoint, sample grid and loss curves of the current step."""
+    """Checkpoint (all processes), sample grid and loss curves (process 0) of the current step."""
     step = checkpointer.save(state)
-    rows = jax.device_get(sample_fn(state.ema_params, fixed_x, fixed_styles, fixed_content,
-                                    jax.random.PRNGKey(config.seed)))
+    if not main_process:
+      return
+    # On this process's copy of the EMA weights: no other process takes part.
+    rows = jax.device_get(sample_fn(distributed.local(state.ema_params), fixed_x, fixed_styles,
+                                    fixed_content, jax.random.PRNGKey(config.seed)))
     grid = samples.write_grid(sample_names, rows,
                               os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
     writer.write_images(step, {'samples': grid})
@@ -240,7 +261,7 @@ def train_and_evaluate(config, workdir):
       if done % config.log_every_steps == 0 or done == config.num_train_steps:
         counts, values = zip(*pending)
         averaged = jax.tree.map(lambda *v: float(np.average(v, weights=counts)),
-                                *jax.device_get(values))
+                                *distributed.local(values))
         pending = []
         if not all(np.isfinite(v) for v in averaged.values()):
           raise FloatingPointError(f'Non-finite loss at step {done}: {averaged}. The last good '
@@ -251,9 +272,10 @@ def train_and_evaluate(config, workdir):
       if eval_every and (done % eval_every == 0 or done == config.num_train_steps):
         if done % config.checkpoint_every_steps and done != config.num_train_steps:
           save(state)  # every evaluated step has its checkpoint, to evaluate again later
-        with report.excluded('eval'):
-          results = evaluator.run(state.ema_params, done)
-        writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
+        if main_process:  # once, on this process's copy of the EMA weights
+          with report.excluded('eval'):
+            results = evaluator.run(distributed.local(state.ema_params), done)
+          writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
   finally:
     checkpointer.close()
     writer.flush()

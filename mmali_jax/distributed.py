@@ -1,0 +1,119 @@
+"""Multi-process training on JAX's own distributed runtime (`jax.distributed`).
+
+A job is one process per host (or per GPU); every process runs the same command. The runtime is
+initialised from explicit coordinator flags, or detected from the environment on SLURM and on
+Cloud TPU VM slices (JAX's own cluster detection); otherwise the run is single-process and nothing
+is initialised. After that, `jax.devices()` lists every device of the job, the mesh spans them all,
+and arrays are global `jax.Array`s: no communication code of ours.
+
+Helpers for global arrays: `replicate` puts the same host value on every device of a mesh (each
+process passes its own, identical copy), `local` reads a replicated array back on this process.
+"""
+import hashlib
+import os
+import socket
+import time
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+
+class DistributedError(RuntimeError):
+  """The distributed runtime could not start, or the processes do not agree."""
+
+
+def _detected_cluster():
+  """'SLURM' or 'Cloud TPU' when launched as a multi-process job there, else None."""
+  if int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_JOB_ID' in os.environ:
+    return 'SLURM'
+  if len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1:
+    return 'Cloud TPU'
+  return None
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None, timeout_s=300):
+  """Starts jax.distributed for a multi-process job; single-process runs need nothing.
+
+  Explicit arguments win; otherwise a SLURM job with several tasks, or a Cloud TPU VM slice with
+  several workers, is detected. Returns the number of processes."""
+  explicit = coordinator_address is not None or num_processes is not None
+  cluster = None if explicit else _detected_cluster()
+  if not explicit and cluster is None:
+    return 1
+  if explicit and (coordinator_address is None or num_processes is None or process_id is None):
+    raise DistributedError('Pass all of --coordinator_address, --num_processes and --process_id '
+                           '(or none, to run single-process or let SLURM / Cloud TPU set them).')
+  hint = ('Check that process 0 runs and listens on that address and port, that the port is '
+          'reachable from this host (firewall), and that every process was given the same '
+          '--num_processes and a distinct --process_id.')
+  if coordinator_address is not None and process_id != 0:
+    # JAX aborts the whole process when it cannot register with the coordinator; find out first.
+    _wait_for_coordinator(coordinator_address, timeout_s, hint)
+  logging.info('Joining the job at %s; waiting up to %d s for all processes. If this stops with '
+               'DEADLINE_EXCEEDED: %s', coordinator_address or f'the {cluster} coordinator',
+               timeout_s, hint)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=int(timeout_s))
+  except Exception as err:  # pylint: disable=broad-except
+    where = coordinator_address or f'the coordinator {cluster} designates'
+    raise DistributedError(f'Could not start the distributed runtime with {where} within '
+                           f'{timeout_s} s ({type(err).__name__}: {err}). {hint}') from err
+  logging.info('Process %d of %d (%s); %d devices in the job, %d here.', jax.process_index(),
+               jax.process_count(), cluster or 'explicit coordinator', jax.device_count(),
+               jax.local_device_count())
+  return jax.process_count()
+
+
+def _wait_for_coordinator(address, timeout_s, hint):
+  """Waits until a TCP connection to host:port succeeds, or raises DistributedError."""
+  host, _, port = address.rpartition(':')
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)):
+        return
+    except (OSError, ValueError) as err:
+      if time.monotonic() >= deadline:
+        raise DistributedError(f'Could not start the distributed runtime with {address} within '
+                               f'{timeout_s} s: the coordinator cannot be reached '
+                               f'({type(err).__name__}: {err}). {hint}') from None
+      time.sleep(0.5)
+
+
+def is_main_process():
+  """True on the process that writes logs, images, reports and config.json."""
+  return jax.process_index() == 0
+
+
+def replicate(tree, sharding):
+  """The same host value (identical on every process) on every device of `sharding`."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      tree)
+
+
+def local(tree):
+  """Host copies of replicated arrays, readable on every process (also single-process)."""
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(fetch, tree)
+
+
+def check_same_config(config_json):
+  """Stops every process with a clear error when the processes were given different configs."""
+  if jax.process_count() == 1:
+    return
+  digest = np.frombuffer(hashlib.sha256(config_json.encode()).digest()[:8], np.int32)
+  digests = multihost_utils.process_allgather(digest)
+  if not np.all(digests == digests[0]):
+    differing = [p for p in range(len(digests)) if not np.array_equal(digests[p], digests[0])]
+    raise DistributedError(
+        f'The processes were started with different configs (processes {differing} differ from '
+        'process 0). Start every process with the same command and flags.')

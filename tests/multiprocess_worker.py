@@ -1,0 +1,54 @@
+"""One process of a local multi-process training job, for tests/test_multiprocess.py.
+
+  python tests/multiprocess_worker.py --process_id=0 --num_processes=2 --port=PORT \\
+      --devices=4 --workdir=DIR --steps=4
+
+Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the same on every
+process) through the real training loop, then saves this process's copy of the final parameters
+to DIR/params_process<k>.npz.
+"""
+import argparse
+import os
+import sys
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--process_id', type=int, default=0)
+  parser.add_argument('--num_processes', type=int, default=1)
+  parser.add_argument('--port', type=int, default=0)
+  parser.add_argument('--devices', type=int, default=1)
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--steps', type=int, required=True)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args()
+  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from mmali_jax import distributed
+  from mmali_jax import train
+  from tests.conftest import small_config
+  # pylint: enable=g-import-not-at-top
+
+  if args.num_processes > 1:
+    distributed.initialize(f'localhost:{args.port}', args.num_processes, args.process_id,
+                           timeout_s=120)
+  config = small_config('multimnist', 'modalities=2', batch_size=8, num_train_steps=args.steps,
+                        checkpoint_every_steps=2, log_every_steps=1)
+  config.num_devices = None  # every device of the job
+  config.seed = args.seed
+  with tfds.testing.mock_data(num_examples=24):
+    state = train.train_and_evaluate(config, args.workdir)
+  params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,
+                              'ema': state.ema_params, 'stats': state.disc_stats})
+  flat = {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  np.savez(os.path.join(args.workdir, f'params_process{jax.process_index()}.npz'), **flat)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,114 @@
+"""Multi-process training with JAX's distributed runtime: 2 processes x 4 CPU devices on one
+machine (local coordinator), against single-process runs; resuming with other process counts."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  """A compilation cache shared by the jobs: the same shapes on the same devices compile once."""
+  return str(tmp_path_factory.mktemp('xla_cache'))
+
+
+@pytest.fixture(scope='module')
+def eight_devices(tmp_path_factory, cache):
+  """The single-process, 8-device run of 4 steps that the multi-process runs must reproduce."""
+  return _train(str(tmp_path_factory.mktemp('eight')), 4, processes=1, devices=8, cache=cache)
+
+
+def _launch(workdir, steps, processes, devices, cache, seeds=None):
+  """Starts the job's processes; -> [(return code, output)] per process."""
+  port = _free_port()
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  commands = [[sys.executable, os.path.join(ROOT, 'tests', 'multiprocess_worker.py'),
+               f'--process_id={k}', f'--num_processes={processes}', f'--port={port}',
+               f'--devices={devices}', f'--workdir={workdir}', f'--steps={steps}',
+               f'--seed={(seeds or [0] * processes)[k]}'] for k in range(processes)]
+  jobs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env=env) for c in commands]
+  return [(job.returncode, out) for job, out in
+          ((job, job.communicate(timeout=600)[0]) for job in jobs)]
+
+
+def _train(workdir, steps, processes, devices, cache):
+  """Runs the job to `steps` and returns process 0's final parameters {name: array}."""
+  for returncode, out in _launch(workdir, steps, processes, devices, cache):
+    assert returncode == 0, out[-3000:]
+  with np.load(os.path.join(workdir, 'params_process0.npz')) as f:
+    params = dict(f)
+  for k in range(1, processes):  # every process ends with the same replica
+    with np.load(os.path.join(workdir, f'params_process{k}.npz')) as f:
+      for name, value in f.items():
+        np.testing.assert_array_equal(value, params[name], err_msg=name)
+  return params
+
+
+def _assert_same_training(a, b, steps, learning_rate=2e-4):
+  """As tests/test_train.py: equal up to the reduction order of float sums (Adam can flip a step
+  of at most the learning rate for a weight whose gradient is ~0)."""
+  assert sorted(a) == sorted(b)
+  diffs = np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a])
+  assert diffs.max() <= steps * learning_rate, diffs.max()
+  assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)
+
+
+def test_two_processes_train_as_one_process(tmp_path, cache, eight_devices):
+  two = _train(str(tmp_path / 'two'), 4, processes=2, devices=4, cache=cache)
+  one = _train(str(tmp_path / 'one'), 4, processes=1, devices=1, cache=cache)
+  _assert_same_training(two, eight_devices, steps=4)
+  _assert_same_training(two, one, steps=4)
+  # Only process 0 wrote logs, images and config.json.
+  files = os.listdir(tmp_path / 'two')
+  assert len([f for f in files if f.startswith('events.out.tfevents')]) == 1
+  assert 'config.json' in files and 'loss_curves.png' in files
+  assert sorted(os.listdir(tmp_path / 'two' / 'samples')) == ['step_0000002.png',
+                                                               'step_0000004.png']
+  assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['2', '4']
+
+
+def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, cache, eight_devices):
+  _train(str(tmp_path / 'first_half'), 2, processes=2, devices=4, cache=cache)
+  for processes, devices in ((1, 8), (2, 4)):
+    workdir = tmp_path / f'resumed_by_{processes}'
+    shutil.copytree(tmp_path / 'first_half', workdir)
+    resumed = _train(str(workdir), 4, processes=processes, devices=devices, cache=cache)
+    _assert_same_training(resumed, eight_devices, steps=4)
+
+
+def test_processes_with_different_configs_stop_before_training(tmp_path, cache):
+  results = _launch(str(tmp_path / 'run'), 2, processes=2, devices=4, cache=cache, seeds=[0, 1])
+  for returncode, out in results:
+    assert returncode != 0
+    assert 'The processes were started with different configs (processes [1] differ' in out
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_unreachable_coordinator_is_a_clear_error(tmp_path):
+  """Process 1 of a job whose process 0 never starts: a message, no traceback, within seconds."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'mmali_jax.main', '--config=configs/multimnist.py',
+       f'--workdir={tmp_path / "run"}', f'--coordinator_address=localhost:{_free_port()}',
+       '--num_processes=2', '--process_id=1', '--distributed_timeout=5'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert 'Could not start the distributed runtime with localhost:' in result.stderr
+  assert 'within 5 s' in result.stderr and 'firewall' in result.stderr
+  assert not os.path.exists(tmp_path / 'run')
