@@ -6,7 +6,10 @@ decoder parameters alone, so evaluation restores them without building optimizer
 """
 import json
 import os
+import shutil
+import time
 
+from absl import logging
 from etils import epath
 import flax
 import jax
@@ -45,13 +48,42 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _corrupt_message(workdir, step, err, steps):
-  folder = checkpoint_dir(workdir) / str(step)
-  earlier = [s for s in steps if s != step]
-  return (f'Could not restore the checkpoint at step {step} ({folder}): {type(err).__name__}: '
-          f'{err}\nIt is corrupt or was written by a different config. Nothing was changed. '
-          f'To go on from an earlier checkpoint (available: {earlier or "none"}), move {folder} '
-          'out of the way; to start afresh, pass a new --workdir.')
+def unreadable_dir(workdir):
+  """Where checkpoints that cannot be restored are moved, for inspection."""
+  return os.path.join(os.path.abspath(workdir), 'checkpoints_unreadable')
+
+
+def _set_aside(workdir, step, err):
+  """Moves checkpoints/<step> into checkpoints_unreadable/ (process 0; every process waits)."""
+  target = os.path.join(unreadable_dir(workdir), f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+  if distributed.is_main_process():
+    os.makedirs(unreadable_dir(workdir), exist_ok=True)
+    shutil.move(os.fspath(checkpoint_dir(workdir) / str(step)), target)
+  distributed.barrier(f'set_aside_{step}')
+  logging.warning('The checkpoint at step %d of %s cannot be restored (%s: %s); it was moved to '
+                  '%s for inspection, and the previous checkpoint is tried.', step, workdir,
+                  type(err).__name__, str(err).splitlines()[0] if str(err) else '', target)
+  return target
+
+
+def _restore_newest_readable(manager, workdir, restore_fn):
+  """restore_fn(step) on the newest checkpoint that restores; unreadable ones (truncated files,
+  missing items, a folder without its commit) are set aside. -> (restored, step) or None."""
+  set_aside = []
+  while True:
+    step = manager.latest_step()
+    if step is None:
+      if set_aside:
+        raise CheckpointError(
+            f'None of the checkpoints of {workdir} could be restored; they were moved to '
+            f'{unreadable_dir(workdir)} ({", ".join(set_aside)}). Nothing was deleted. Re-run '
+            'the same command to start this run afresh, or move them back to resume.')
+      return None
+    try:
+      return restore_fn(step), step
+    except Exception as err:  # pylint: disable=broad-except  (orbax raises many kinds)
+      set_aside.append(_set_aside(workdir, step, err))
+      manager.reload()
 
 
 class Checkpointer:
@@ -69,48 +101,79 @@ class Checkpointer:
     copies them off the devices before returning and writes in the background)."""
     train, ema = _split(state)
     step = int(distributed.local(train['step']))
-    self.manager.save(step, args=ocp.args.Composite(
-        train=ocp.args.StandardSave(train), ema=ocp.args.StandardSave(ema)))
+    previous = self.manager.latest_step()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          train=ocp.args.StandardSave(train), ema=ocp.args.StandardSave(ema)))
+    except OSError as err:
+      raise CheckpointError(self._write_failure(step, previous, err)) from None
     return step
 
+  def _write_failure(self, step, previous, err):
+    kept = (f'the checkpoint of step {previous} is intact' if previous is not None else
+            'no earlier checkpoint exists')
+    return (f'Could not write the checkpoint of step {step} to {checkpoint_dir(self.workdir)} '
+            f'({err.strerror or err}); {kept}. Free some space (or fix the permissions) and run '
+            'the same command again: it goes on from there.')
+
   def restore(self, template):
-    """Restores the latest checkpoint into the structure and shardings of `template` (None if
-    there is none); the number of processes and devices may differ from the saving run's."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
+    """Restores the newest readable checkpoint into the structure and shardings of `template`
+    (None if there is none); the number of processes and devices may differ from the saving
+    run's. Unreadable checkpoints are set aside (`unreadable_dir`) with a warning."""
     train, ema = _split(template)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          train=ocp.args.StandardRestore(_abstract(train)),
-          ema=ocp.args.StandardRestore(_abstract(ema))))
-    except Exception as err:  # orbax raises many kinds; all mean the same to the user
-      raise CheckpointError(_corrupt_message(self.workdir, step, err,
-                                             self.manager.all_steps())) from err
+    args = ocp.args.Composite(train=ocp.args.StandardRestore(_abstract(train)),
+                              ema=ocp.args.StandardRestore(_abstract(ema)))
+    found = _restore_newest_readable(self.manager, self.workdir,
+                                     lambda step: self.manager.restore(step, args=args))
+    if found is None:
+      return None
+    restored, _ = found
     tree = dict(restored['train'], ema_params=restored['ema'])
     return flax.serialization.from_state_dict(template, tree)
 
+  def wait(self):
+    """Returns once every started save is on disk (a failed background write is an error)."""
+    previous = self.manager.latest_step()
+    try:
+      self.manager.wait_until_finished()
+    except OSError as err:
+      raise CheckpointError(self._write_failure('in progress', previous, err)) from None
+
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def restore_ema(workdir, step=None):
-  """-> (EMA generator parameters, step) of the latest (or given) checkpoint of a run."""
+  """-> (EMA generator parameters, step) of the given checkpoint of a run, or of its newest
+  readable one (unreadable newer ones are set aside, as when training resumes)."""
   if not os.path.isdir(checkpoint_dir(workdir)):
     raise CheckpointError(f'No checkpoints in {checkpoint_dir(workdir)}: train first with '
                           f'`python -m mmali_jax.main --config=... --workdir={workdir}`.')
   manager = _manager(workdir)
-  steps = manager.all_steps()
-  if step is None:
-    step = manager.latest_step()
-  if step is None or step not in steps:
-    raise CheckpointError(f'No checkpoint at step {step} in {checkpoint_dir(workdir)}; '
-                          f'available steps: {list(steps)}.')
+  args = ocp.args.Composite(ema=ocp.args.StandardRestore())
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore()))
-  except Exception as err:
-    raise CheckpointError(_corrupt_message(workdir, step, err, steps)) from err
+    if step is None:
+      found = _restore_newest_readable(manager, workdir, lambda s: manager.restore(s, args=args))
+      if found is None:
+        raise CheckpointError(f'No checkpoint in {checkpoint_dir(workdir)}: train first with '
+                              f'`python -m mmali_jax.main --config=... --workdir={workdir}`.')
+      restored, step = found
+    else:
+      steps = manager.all_steps()
+      if step not in steps:
+        raise CheckpointError(f'No checkpoint at step {step} in {checkpoint_dir(workdir)}; '
+                              f'available steps: {list(steps)}.')
+      try:
+        restored = manager.restore(step, args=args)
+      except Exception as err:  # pylint: disable=broad-except
+        raise CheckpointError(
+            f'The checkpoint at step {step} ({checkpoint_dir(workdir) / str(step)}) cannot be '
+            f'restored: {type(err).__name__}: {err}. Nothing was changed; evaluate another step '
+            f'(available: {list(steps)}), or leave --step out to use the newest readable one.'
+        ) from err
   finally:
     manager.close()
   return restored['ema'], step

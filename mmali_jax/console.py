@@ -1,5 +1,7 @@
 """Console hygiene shared by the command-line programs."""
 import logging
+import re
+import sys
 
 
 def _project_or_warning(record):
@@ -20,13 +22,43 @@ def user_errors():
   from mmali_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from mmali_jax import distributed  # pylint: disable=g-import-not-at-top
   from mmali_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from mmali_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from mmali_jax import train  # pylint: disable=g-import-not-at-top
   return (sources.MissingDatasetError, checkpointing.CheckpointError,
-          checkpointing.WorkdirConfigError, distributed.DistributedError)
+          checkpointing.WorkdirConfigError, distributed.DistributedError, train.NonFiniteError,
+          config_checks.ConfigError)
 
 
 def run(fn, *args):
-  """fn(*args), turning user errors into a one-message exit with status 1."""
+  """fn(*args), turning user errors into a one-message exit with status 1, and a preemption
+  into a message and status preemption.EXIT_PREEMPTED."""
+  from mmali_jax import preemption  # pylint: disable=g-import-not-at-top
   try:
     return fn(*args)
   except user_errors() as err:
     raise SystemExit(f'Error: {err}') from None
+  except preemption.Preempted as stopped:
+    print(stopped, file=sys.stderr)
+    raise SystemExit(preemption.EXIT_PREEMPTED) from None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, where an unknown config field (--config.FIELD=...) is one message
+  naming the field and the closest valid one, not a traceback."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as err:  # as absl's own parser: the message and how to get help
+    raise SystemExit(f'FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see '
+                     'help on flags.') from None
+  except (AttributeError, KeyError) as err:
+    message = str(err).replace('\\n', ' ').replace('\n', ' ')
+    missing = re.search(r'[A-Za-z_]\w*', message)
+    overrides = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+    culprit = next((o for o in overrides if missing and missing.group() in o.split('.')), None)
+    if culprit is None:
+      raise
+    hint = re.search(r'Did you mean "[^"]*"', message)
+    hint = (hint.group() + '?') if hint else ('See configs/*.py and mmali_jax/default_config.py '
+                                              'for the fields.')
+    raise SystemExit(f'Error: {culprit}: there is no such config field. {hint}') from None

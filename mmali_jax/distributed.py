@@ -106,6 +106,12 @@ def local(tree):
   return jax.tree.map(fetch, tree)
 
 
+def barrier(name):
+  """Waits until every process of the job reaches this point (nothing to do single-process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def check_same_config(config_json):
   """Stops every process with a clear error when the processes were given different configs."""
   if jax.process_count() == 1:

@@ -54,4 +54,4 @@ def _define_flags(argv):
 
 if __name__ == '__main__':
   _define_flags(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

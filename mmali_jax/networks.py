@@ -1,6 +1,7 @@
 """Builds the Flax modules for a config and binds them to parameters for the objectives."""
 import jax.numpy as jnp
 
+from mmali_jax import config_checks
 from mmali_jax import default_config
 from mmali_jax import modalities as modalities_lib
 from mmali_jax import posterior
@@ -11,11 +12,9 @@ discriminator_kind = default_config.discriminator_kind
 
 
 def build(config):
-  """-> (modalities, generator module, discriminator module) for the config."""
+  """-> (modalities, generator module, discriminator module) for the config (checked first)."""
+  config_checks.check(config)
   mods = modalities_lib.from_config(config)
-  if not 0 < config.style_dim < config.latent_dim:
-    raise ValueError(f'style_dim={config.style_dim} must lie strictly between 0 and '
-                     f'latent_dim={config.latent_dim}: z = [style | content] needs both parts.')
   gen = generators.Generators(mods, config.latent_dim)
   if discriminator_kind(config.discriminator) == 'factorized':
     disc = discriminators.FactorizedDiscriminators(mods, config.joint_critic)

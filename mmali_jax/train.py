@@ -9,17 +9,21 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmali_jax import checkpointing
+from mmali_jax import config_checks
 from mmali_jax import curves
 from mmali_jax import default_config
 from mmali_jax import distributed
 from mmali_jax import images
 from mmali_jax import networks
+from mmali_jax import preemption
 from mmali_jax import samples
 from mmali_jax import train_step as train_step_lib
 from mmali_jax.data import pipeline
+from mmali_jax.data import sources
 from mmali_jax.evaluators import evaluator as evaluator_lib
 
 # Fields that may change between runs on one workdir (how long and how verbosely to train, where
@@ -28,8 +32,6 @@ RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_step
                     'keep_checkpoints', 'num_devices', 'steps_per_dispatch', 'data.tfds_data_dir',
                     'eval')
 # matmul_precision is not among them: it changes the numbers a run computes.
-MATMUL_PRECISIONS = ('highest', 'float32', 'high', 'tensorfloat32', 'bfloat16_3x', 'default',
-                     'bfloat16')
 
 
 def _flatten(d, prefix=''):
@@ -42,21 +44,19 @@ def _flatten(d, prefix=''):
   return out
 
 
-def check_config(config):
-  for field in ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps',
-                'keep_checkpoints'):
-    if int(config[field]) < 1:
-      raise ValueError(f'config.{field}={config[field]} must be a positive integer.')
-  if not 0.0 < config.data.percentage <= 1.0:
-    raise ValueError(f'config.data.percentage={config.data.percentage} must be in (0, 1].')
-  if not 0.0 <= config.ema.decay < 1.0:
-    raise ValueError(f'config.ema.decay={config.ema.decay} must be in [0, 1).')
-  if config.matmul_precision not in MATMUL_PRECISIONS:
-    raise ValueError(f'config.matmul_precision={config.matmul_precision!r}; choose one of '
-                     f'{MATMUL_PRECISIONS}.')
-  if int(config.steps_per_dispatch) < 0:
-    raise ValueError(f'config.steps_per_dispatch={config.steps_per_dispatch} must be >= 0 '
-                     '(0 = automatic).')
+def check_workdir(workdir):
+  """The workdir is a directory this process can write, or can be created: checked before
+  anything is loaded or written (nothing is created here)."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise config_checks.ConfigError(f'--workdir={workdir} is a file, not a directory; pass a '
+                                    'directory (it is created if missing).')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise config_checks.ConfigError(f'--workdir={workdir} cannot be written ({existing} is not a '
+                                    'writable directory); pass a directory you can write to.')
 
 
 def make_mesh(config):
@@ -157,6 +157,43 @@ def _check_workdir_config(config, workdir, write=True):
     os.replace(path + '.tmp', path)
 
 
+def _checked_average(pending, workdir, saved_step):
+  """The mean of the pending dispatches' metrics, weighted by their numbers of steps; a
+  non-finite term stops the run, naming the steps and the terms."""
+  for first, num_steps, metrics in pending:
+    values = distributed.local(metrics)
+    bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if bad:
+      steps = f'step {first + 1}' if num_steps == 1 else f'steps {first + 1}-{first + num_steps}'
+      raise NonFiniteError(
+          f'Non-finite loss at {steps}: {", ".join(f"{k}={values[k]}" for k in bad)}. Nothing '
+          f'after step {saved_step} was written; the last checkpoint in {workdir} is kept. Try a '
+          'smaller learning rate or another seed.')
+  counts = [n for _, n, _ in pending]
+  return jax.tree.map(lambda *v: float(np.average(v, weights=counts)),
+                      *distributed.local([m for _, _, m in pending]))
+
+
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite_state(state, step, workdir, saved_step):
+  trained = {'generators': state.gen_params, 'discriminators': state.disc_params,
+             'ema': state.ema_params}
+  bad = [k for k, v in trained.items() if not bool(distributed.local(_all_finite(v)))]
+  if bad:
+    raise NonFiniteError(f'Non-finite parameters ({", ".join(bad)}) after step {step}. Nothing '
+                         f'after step {saved_step} was written; the last checkpoint in {workdir} '
+                         'is kept.')
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss term or a parameter became NaN or infinite; nothing after the last checkpoint is
+  written."""
+
+
 class ProgressReport(periodic_actions.ReportProgress):
   """clu's progress report (steps/s, ETA, share of time per part), whose steps/s and ETA leave
   out the time spent in `excluded` blocks (evaluation), which would otherwise distort both."""
@@ -185,16 +222,21 @@ def train_and_evaluate(config, workdir):
   checkpoints are written and read by all processes together (orbax), and only process 0 writes
   logs, images, evaluations and config.json.
   """
-  check_config(config)
+  config_checks.check(config)
   distributed.check_same_config(config.to_json_best_effort(sort_keys=True))
   mesh = make_mesh(config)
   mods, gen, disc = networks.build(config)
   main_process = distributed.is_main_process()
+  check_workdir(workdir)
+  _check_workdir_config(config, workdir, write=False)
+
+  # Every missing dataset of the experiment at once, before the first one is loaded.
+  sources.ensure_prepared([m.dataset for m in mods], config.data.tfds_data_dir)
+  dataset = pipeline.load_dataset(config, 'train')
+  config_checks.check_images(mods, dataset)
+  logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
   os.makedirs(workdir, exist_ok=True)
   _check_workdir_config(config, workdir, write=main_process)
-
-  dataset = pipeline.load_dataset(config, 'train')
-  logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
   train_steps, shardings = compile_train_steps(config, gen, disc, mods, mesh)
   data = distributed.replicate(train_step_lib.device_data(dataset, config.seed),
                                shardings.replicated)
@@ -248,35 +290,44 @@ def train_and_evaluate(config, workdir):
   # The reference evaluates every 50,000 iterations and after the last one; 0 turns it off.
   eval_every = default_config.eval_config(config).every_steps
   evaluator = evaluator_lib.Evaluator(config, workdir)  # built on its first run
-  pending = []  # (number of steps, their mean metrics on the device)
+  pending = []  # (first step, number of steps, their mean metrics on the device)
   boundaries = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
+  saved_step = start
+  stop = preemption.StopRequest()
   try:
     for step, num_steps in dispatch_sizes(start, config.num_train_steps,
                                           steps_per_dispatch(config), boundaries):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_steps(state, data, num_steps)
-      pending.append((num_steps, metrics))
+      pending.append((step, num_steps, metrics))
       done = step + num_steps
       report(done)
-      if done % config.log_every_steps == 0 or done == config.num_train_steps:
-        counts, values = zip(*pending)
-        averaged = jax.tree.map(lambda *v: float(np.average(v, weights=counts)),
-                                *distributed.local(values))
+      last = done == config.num_train_steps
+      log_now = done % config.log_every_steps == 0 or last
+      save_now = done % config.checkpoint_every_steps == 0 or last
+      eval_now = eval_every and (done % eval_every == 0 or last)
+      preempted = stop.requested(done)
+      if log_now or save_now or eval_now or preempted:
+        # Nothing non-finite reaches a log, a checkpoint or an evaluation.
+        averaged = _checked_average(pending, workdir, saved_step)
         pending = []
-        if not all(np.isfinite(v) for v in averaged.values()):
-          raise FloatingPointError(f'Non-finite loss at step {done}: {averaged}. The last good '
-                                   f'checkpoint in {workdir} is kept.')
         writer.write_scalars(done, averaged)
-      if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
-        save(state)
-      if eval_every and (done % eval_every == 0 or done == config.num_train_steps):
-        if done % config.checkpoint_every_steps and done != config.num_train_steps:
-          save(state)  # every evaluated step has its checkpoint, to evaluate again later
-        if main_process:  # once, on this process's copy of the EMA weights
-          with report.excluded('eval'):
-            results = evaluator.run(distributed.local(state.ema_params), done)
-          writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
+        _check_finite_state(state, done, workdir, saved_step)
+      if save_now or eval_now or preempted:
+        save(state)  # every evaluated step has its checkpoint, to evaluate again later
+        saved_step = done
+      if eval_now and main_process:  # once, on this process's copy of the EMA weights
+        with report.excluded('eval'):
+          results = evaluator.run(distributed.local(state.ema_params), done)
+        writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
+      if preempted and not last:
+        checkpointer.wait()
+        raise preemption.Preempted(
+            f'Stopped by {stop.reason} at step {done} of {config.num_train_steps}, after '
+            f'writing the checkpoint of step {done} to {checkpointing.checkpoint_dir(workdir)}. '
+            'Run the same command again to go on from there.')
   finally:
+    stop.close()
     checkpointer.close()
     writer.flush()
   return state

@@ -10,7 +10,16 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
                              ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import tempfile  # pylint: disable=g-import-not-at-top
+
+import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+
+# One persistent compilation cache for the session: many tests train the same small configs, and
+# programs that differ only in their inputs' values compile once.
+if not jax.config.jax_compilation_cache_dir:
+  jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='mmali_test_xla_'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,6 +50,14 @@ def small_config(name, arg=None, **overrides):
       target = target[p]
     target[leaf] = value
   return config
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+  """Tests never download: a missing dataset behaves as on a machine without internet (tests of
+  the online path patch this again)."""
+  from mmali_jax.data import sources  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sources, '_online', lambda: False)
 
 
 @pytest.fixture(autouse=True)

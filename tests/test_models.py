@@ -88,7 +88,7 @@ def test_bad_config_values_are_named():
     networks.build(config)
   config = load_config('mnist_svhn')
   config.modalities[1].network = 'resnet'
-  with pytest.raises(ValueError, match="unknown network 'resnet'"):
+  with pytest.raises(ValueError, match="unknown network family 'resnet'"):
     networks.build(config)
   with pytest.raises(ValueError, match='Unknown config argument'):
     load_config('multimnist', 'modality=3')

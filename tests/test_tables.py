@@ -25,20 +25,6 @@ def _tiny(arg):
   return config
 
 
-@pytest.fixture
-def compilation_cache(tmp_path_factory):
-  """Runs that differ only by seed compile to the same programs: compile them once."""
-  import jax  # pylint: disable=g-import-not-at-top
-  saved = (jax.config.jax_compilation_cache_dir,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  yield
-  jax.config.update('jax_compilation_cache_dir', saved[0])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', saved[1])
-
-
-@pytest.mark.usefixtures('compilation_cache')
 def test_table1_sweep_on_generated_data(tmp_path):
   root = str(tmp_path)
   runs = tables.table1_runs(_tiny, seeds=2, modalities=(2, 3))

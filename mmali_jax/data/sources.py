@@ -3,13 +3,18 @@
 The training sets used here are small (MNIST 47 MB, SVHN 225 MB as uint8), and pairs are index
 arrays into them (pairing.py), so every split is read once into memory and never streamed.
 
-Machines without internet can still prepare a dataset: TFDS's download manager takes a file found
-as `<data_dir>/downloads/manual/<file name>` instead of downloading it (and still verifies its
-checksum). When neither the prepared dataset nor all of its raw files are there, `load_split`
-raises `MissingDatasetError` saying which files to put where, instead of TFDS's download attempt.
+A dataset that is not prepared yet is prepared on first use: from the raw files in
+`<data_dir>/downloads/manual/` when they are all there (TFDS's download manager takes a file found
+there instead of downloading it, and still verifies its checksum), else by TFDS's own download
+when this machine can reach the internet. Otherwise, or when the download fails, `load_split`
+raises `MissingDatasetError` within seconds, saying which files to put where;
+`ensure_prepared` does so for every dataset of an experiment at once. A preparation that stopped
+half-way is detected, and the message says which folders to delete.
 """
 import functools
 import os
+import re
+import socket
 
 from absl import logging
 import numpy as np
@@ -23,6 +28,8 @@ RAW_FILES = {
 }
 
 _CONFIG_FLAG = '--config.data.tfds_data_dir'
+# A host TFDS downloads from, asked before downloading so that offline machines fail in seconds.
+_DOWNLOAD_PROBE = ('storage.googleapis.com', 443)
 _READ_CHUNK = 8192
 
 
@@ -56,6 +63,20 @@ def manual_dir(data_dir):
   return os.path.join(data_dir_root(data_dir), 'downloads', 'manual')
 
 
+def ensure_prepared(datasets, data_dir=None):
+  """Prepares every dataset of an experiment that is not yet (raw files in the manual folder
+  first, else TFDS's download when this machine is online). One MissingDatasetError names all
+  that cannot be prepared, with what to do for each."""
+  problems = []
+  for dataset in dict.fromkeys(datasets):
+    try:
+      load_split(dataset, 'train', data_dir)
+    except MissingDatasetError as err:
+      problems.append(str(err))
+  if problems:
+    raise MissingDatasetError('\n\n'.join(problems))
+
+
 @functools.lru_cache(maxsize=8)
 def _load_split_cached(dataset, split, data_dir):
   tfds = _import_tfds()
@@ -67,11 +88,68 @@ def _load_split_cached(dataset, split, data_dir):
       raise
     images = None
   if images is None:  # Outside the except block, so TFDS's assertion is not chained.
-    _prepare_offline(tfds, dataset, data_dir)
+    _prepare(tfds, dataset, data_dir)
     images, labels = _read(tfds, dataset, split, data_dir)
   images.setflags(write=False)
   labels.setflags(write=False)
   return images, labels
+
+
+def _incomplete_folders(dataset, data_dir):
+  """Folders a preparation left behind when it stopped half-way (TFDS's incomplete.* ones, or a
+  version folder without dataset_info.json)."""
+  root = os.path.join(data_dir_root(data_dir), dataset)
+  if not os.path.isdir(root):
+    return []
+  found = []
+  for base, dirs, files in os.walk(root):
+    for d in dirs:
+      if d.startswith('incomplete.'):
+        found.append(os.path.join(base, d))
+    depth = os.path.relpath(base, root).count(os.sep) + (os.path.relpath(base, root) != '.')
+    if (depth >= 1 and not os.path.basename(base).startswith('incomplete.') and
+        re.fullmatch(r'\d+\.\d+\.\d+', os.path.basename(base)) and
+        'dataset_info.json' not in files):
+      found.append(base)
+  return sorted(set(found))
+
+
+def _online(timeout_s=3.0):
+  """Whether TFDS's download hosts answer within a few seconds (offline machines fail fast)."""
+  try:
+    with socket.create_connection(_DOWNLOAD_PROBE, timeout=timeout_s):
+      return True
+  except OSError:
+    return False
+
+
+def _prepare(tfds, dataset, data_dir):
+  """Builds `dataset`: from the raw files in the manual folder when they are all there, else by
+  TFDS's own download when online; otherwise MissingDatasetError saying what to do."""
+  incomplete = _incomplete_folders(dataset, data_dir)
+  if incomplete:
+    raise MissingDatasetError(
+        f'Dataset {dataset!r} was only partly prepared in {data_dir_root(data_dir)} (a '
+        'preparation stopped half-way). Delete ' + ', '.join(incomplete) + ' and run the same '
+        'command again.')
+  folder = manual_dir(data_dir)
+  needed = _raw_files(tfds, dataset)
+  missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+  if needed and not missing:
+    _prepare_offline(tfds, dataset, data_dir)
+    return
+  if not _online():
+    raise MissingDatasetError(_missing_message(dataset, data_dir, folder, needed, missing,
+                                               'this machine cannot reach the internet'))
+  logging.info('Downloading and preparing %s with TFDS into %s.', dataset,
+               data_dir_root(data_dir))
+  try:
+    tfds.builder(dataset, data_dir=data_dir).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=folder))
+  except Exception as err:  # pylint: disable=broad-except
+    reason = f'the download failed ({type(err).__name__}: {str(err).splitlines()[0][:300]})'
+    raise MissingDatasetError(_missing_message(dataset, data_dir, folder, needed, missing,
+                                               reason)) from None
 
 
 def _read(tfds, dataset, split, data_dir):
@@ -91,12 +169,8 @@ def _read(tfds, dataset, split, data_dir):
 
 
 def _prepare_offline(tfds, dataset, data_dir):
-  """Builds `dataset` from raw files in the manual folder, or says which files are missing."""
+  """Builds `dataset` from the raw files in the manual folder."""
   folder = manual_dir(data_dir)
-  needed = _raw_files(tfds, dataset)
-  missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
-  if not needed or missing:
-    raise MissingDatasetError(_missing_message(dataset, data_dir, folder, needed, missing))
 
   logging.info('Preparing %s offline from the raw files in %s.', dataset, folder)
   builder = tfds.builder(dataset, data_dir=data_dir)
@@ -130,9 +204,9 @@ def _raw_files(tfds, dataset):
     return []
 
 
-def _missing_message(dataset, data_dir, folder, needed, missing):
+def _missing_message(dataset, data_dir, folder, needed, missing, reason):
   where = data_dir_root(data_dir) + (' (the TFDS default)' if data_dir is None else '')
-  lines = [f'Dataset {dataset!r} is not prepared in {where} (mmali_jax never downloads data).']
+  lines = [f'Dataset {dataset!r} is not prepared in {where}, and {reason}.']
   if needed:
     present = len(needed) - len(missing)
     lines.append(
@@ -142,8 +216,8 @@ def _missing_message(dataset, data_dir, folder, needed, missing):
   else:
     lines.append(f'Put the raw files TFDS downloads for {dataset!r} in {folder}/.')
   lines.append(f'Or point {_CONFIG_FLAG}=<dir> at a directory where {dataset!r} is prepared '
-               '(or whose downloads/manual/ holds those files). With internet access, TFDS can '
-               f'prepare it: tfds.builder({dataset!r}, data_dir=<dir>).download_and_prepare()')
+               '(or whose downloads/manual/ holds those files). With internet access, the same '
+               'command downloads and prepares it.')
   return '\n'.join(lines)
 
 

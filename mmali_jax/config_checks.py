@@ -1,0 +1,125 @@
+"""Every config value checked before anything is compiled or written, with a message that names
+the field, the value and what is allowed (docs: README "When something goes wrong")."""
+import numbers
+
+from mmali_jax import default_config
+from mmali_jax.models import registry
+
+# Modality names are processed in sorted order, which matches the order of the reference's keys
+# ('0mnist' < '1mnist' < ...) for at most 10 modalities.
+MAX_MODALITIES = 10
+JOINT_CRITICS = ('dot', 'concat')
+MATMUL_PRECISIONS = ('highest', 'float32', 'high', 'tensorfloat32', 'bfloat16_3x', 'default',
+                     'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names it and what is allowed."""
+
+
+def _get(config, dotted):
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value
+
+
+def _is_int(value):
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _at_least(config, fields, minimum):
+  for field in fields:
+    value = _get(config, field)
+    if not _is_int(value) or value < minimum:
+      raise ConfigError(f'config.{field}={value!r} must be an integer >= {minimum}.')
+
+
+def _in_range(config, field, low, high, low_open=False, high_open=False):
+  value = _get(config, field)
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+      (low < value if low_open else low <= value) and (value < high if high_open else
+                                                       value <= high))
+  if not ok:
+    interval = f'{"(" if low_open else "["}{low}, {high}{")" if high_open else "]"}'
+    raise ConfigError(f'config.{field}={value!r} must be a number in {interval}.')
+
+
+def check(config):
+  """Raises ConfigError for the first value that cannot work."""
+  _at_least(config, ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps',
+                     'keep_checkpoints', 'latent_dim', 'style_dim', 'num_sample_images',
+                     'data.multiplication'), 1)
+  _at_least(config, ('steps_per_dispatch',), 0)
+  if config.num_devices is not None:
+    _at_least(config, ('num_devices',), 1)
+  if config.style_dim >= config.latent_dim:
+    raise ConfigError(f'config.style_dim={config.style_dim} must be smaller than '
+                      f'config.latent_dim={config.latent_dim}: z = [style | content] needs both '
+                      'parts.')
+  try:
+    default_config.discriminator_kind(config.discriminator)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  if config.joint_critic not in JOINT_CRITICS:
+    raise ConfigError(f'config.joint_critic={config.joint_critic!r}; choose one of '
+                      f'{JOINT_CRITICS}.')
+  if config.matmul_precision not in MATMUL_PRECISIONS:
+    raise ConfigError(f'config.matmul_precision={config.matmul_precision!r}; choose one of '
+                      f'{MATMUL_PRECISIONS}.')
+  _check_modalities(config)
+  if config.joint_critic == 'dot' and len(config.modalities) != 2:
+    raise ConfigError(f"config.joint_critic='dot' needs exactly 2 modalities, got "
+                      f"{len(config.modalities)}; use joint_critic='concat'.")
+  _in_range(config, 'data.percentage', 0.0, 1.0, low_open=True)
+  if config.data.max_per_class is not None:
+    _at_least(config, ('data.max_per_class',), 1)
+  _in_range(config, 'ema.decay', 0.0, 1.0, high_open=True)
+  _at_least(config, ('ema.start_step',), 0)
+  _in_range(config, 'optim.learning_rate', 0.0, float('inf'), low_open=True, high_open=True)
+  _in_range(config, 'optim.b1', 0.0, 1.0, high_open=True)
+  _in_range(config, 'optim.b2', 0.0, 1.0, high_open=True)
+  for term in ('lambda_unimodal', 'lambda_x_rec', 'lambda_c_rec', 'lambda_s_rec'):
+    _in_range(config, f'loss.{term}', 0.0, float('inf'), high_open=True)
+  eval_config = default_config.eval_config(config)
+  _at_least(eval_config, ('probe_epochs', 'probe_batch_size', 'classifier_epochs',
+                          'classifier_batch_size', 'num_joint_samples', 'batch_size',
+                          'num_figure_examples'), 1)
+  _at_least(eval_config, ('every_steps', 'probe_holdout', 'classifier_holdout'), 0)
+
+
+def _check_modalities(config):
+  specs = list(config.modalities)
+  if not 2 <= len(specs) <= MAX_MODALITIES:
+    raise ConfigError(f'config.modalities has {len(specs)} modalities; MMALI needs at least 2, '
+                      f'and this implementation supports up to {MAX_MODALITIES} (see '
+                      'configs/multimnist.py for how to declare them).')
+  names = [spec.name for spec in specs]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ConfigError(f'config.modalities: duplicate names {duplicates}; every modality needs its '
+                      'own name.')
+  for spec in specs:
+    where = f'Modality {spec.name!r}'
+    if spec.network not in registry.FAMILIES:
+      raise ConfigError(f'{where}: unknown network family {spec.network!r}; registered: '
+                        f'{sorted(registry.FAMILIES)} (mmali_jax/models/registry.py).')
+    if not isinstance(spec.dataset, str) or not spec.dataset:
+      raise ConfigError(f'{where}: dataset={spec.dataset!r} must be the name of a TFDS dataset.')
+    if not _is_int(spec.rotation):
+      raise ConfigError(f'{where}: rotation={spec.rotation!r} must be an integer number of '
+                        'quarter turns.')
+    if not isinstance(spec.rec_weight, numbers.Real) or spec.rec_weight < 0:
+      raise ConfigError(f'{where}: rec_weight={spec.rec_weight!r} must be a number >= 0.')
+
+
+def check_images(modality_specs, dataset):
+  """The loaded images fit their network family: shape (after rotation) and uint8 pixels."""
+  for spec, data in zip(modality_specs, dataset.modalities):
+    expected = tuple(spec.family.image_shape)
+    if tuple(data.images.shape[1:]) != expected or data.images.dtype.name != 'uint8':
+      raise ConfigError(
+          f'Modality {spec.name!r}: dataset {spec.dataset!r} has images of shape '
+          f'{tuple(data.images.shape[1:])} and dtype {data.images.dtype}, but network family '
+          f'{spec.network!r} takes uint8 images of shape {expected}. Choose a family for this '
+          'dataset (mmali_jax/models/registry.py) or a dataset for this family.')
