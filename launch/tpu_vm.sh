@@ -2,7 +2,7 @@
 # One training run on a Cloud TPU VM slice: the same command on every worker of the slice; JAX's
 # distributed runtime finds the other workers itself (no flags needed).
 #
-#   bash launch/tpu_vm.sh TPU_NAME ZONE configs/mnist_svhn.py /mnt/shared/runs/ms [overrides]
+#   bash launch/tpu_vm.sh TPU_NAME ZONE configs/mnist_svhn.py /mnt/nfs/runs/ms [overrides]
 #
 # Assumes this repository and its .venv (with jax[tpu]) at ~/mmali_jax on every worker, and a
 # WORKDIR on storage every worker sees (e.g. a Filestore NFS mount). Re-running resumes.

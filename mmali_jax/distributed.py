@@ -14,10 +14,20 @@ import os
 import socket
 import time
 
+from absl import flags
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+# Defines the absl flag set below (`experimental_orbax_use_distributed_barrier`).
+from orbax.checkpoint._src.multihost import multihost as orbax_multihost
+
+# Orbax's barriers between processes default to an XLA collective (a psum over every device).
+# Its asynchronous saves run them on a background thread while the training step runs its own
+# collectives on the main thread, and the two can start in different orders on different
+# processes: a deadlock (seen with 2 processes x 4 CPU devices, both hung in the step after a
+# save). The distributed runtime's own barrier (the coordination service) cannot interleave so.
+_ORBAX_BARRIER_FLAG = 'experimental_orbax_use_distributed_barrier'
 
 
 class DistributedError(RuntimeError):
@@ -62,10 +72,22 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, ti
     where = coordinator_address or f'the coordinator {cluster} designates'
     raise DistributedError(f'Could not start the distributed runtime with {where} within '
                            f'{timeout_s} s ({type(err).__name__}: {err}). {hint}') from err
+  use_runtime_barriers_in_orbax()
   logging.info('Process %d of %d (%s); %d devices in the job, %d here.', jax.process_index(),
                jax.process_count(), cluster or 'explicit coordinator', jax.device_count(),
                jax.local_device_count())
   return jax.process_count()
+
+
+def use_runtime_barriers_in_orbax():
+  """Makes orbax synchronise processes through the distributed runtime, not XLA collectives."""
+  flag = flags.FLAGS[_ORBAX_BARRIER_FLAG]
+  flag.value = True
+  flag.present = 1  # readable also where absl flags are never parsed (library use, tests)
+
+
+def orbax_uses_runtime_barriers():
+  return bool(orbax_multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.value)
 
 
 def _wait_for_coordinator(address, timeout_s, hint):

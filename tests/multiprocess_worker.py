@@ -5,7 +5,7 @@
 
 Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the same on every
 process) through the real training loop, then saves this process's copy of the final parameters
-to DIR/params_process<k>.npz.
+to DIR/params_process<k>.npz (and which barriers orbax used).
 """
 import argparse
 import os
@@ -48,6 +48,11 @@ def main():
   flat = {jax.tree_util.keystr(path): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
   np.savez(os.path.join(args.workdir, f'params_process{jax.process_index()}.npz'), **flat)
+  # Orbax's asynchronous saves synchronise through the distributed runtime, not XLA collectives
+  # that could interleave with the training step's (mmali_jax/distributed.py).
+  with open(os.path.join(args.workdir, f'orbax_barriers_process{jax.process_index()}.txt'),
+            'w') as f:
+    f.write('runtime' if distributed.orbax_uses_runtime_barriers() else 'collectives')
 
 
 if __name__ == '__main__':

@@ -69,6 +69,9 @@ def _train(workdir, steps, processes, devices, cache):
   """Runs the job to `steps` and returns process 0's final parameters {name: array}."""
   for returncode, out in _launch(workdir, steps, processes, devices, cache):
     assert returncode == 0, out[-3000:]
+  for k in range(processes if processes > 1 else 0):
+    with open(os.path.join(workdir, f'orbax_barriers_process{k}.txt')) as f:
+      assert f.read() == 'runtime'
   with np.load(os.path.join(workdir, 'params_process0.npz')) as f:
     params = dict(f)
   for k in range(1, processes):  # every process ends with the same replica
