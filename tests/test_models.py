@@ -104,19 +104,24 @@ def _dense(*widths):
 
 
 def test_cub_feature_networks_shapes_and_parameter_counts():
+  """Shapes only (jax.eval_shape: nothing is computed), against the layer sizes of
+  docs/algorithm.md §6.5."""
   config = load_config('cub')
-  mods, gen, disc, gen_vars, disc_vars, xs, zs, _ = _init(config)
+  mods, gen, disc = networks.build(config)
   assert [(m.name, m.example_shape, m.family.dtype) for m in mods] == [
       ('0cap', (1024,), 'float32'), ('1img', (2048,), 'float32')]
-  encoded, decoded = gen.apply(gen_vars, xs, zs)
+  assert all(m.family.classifier is None for m in mods)
+  xs, zs, disc_inputs = networks.dummy_inputs(mods, config, batch_size=3)
+  gen_vars = jax.eval_shape(gen.init, jax.random.PRNGKey(0), xs, zs)
+  disc_vars = jax.eval_shape(lambda *a: disc.init(*a, update_stats=False),
+                             jax.random.PRNGKey(1), *disc_inputs)
+  encoded, decoded = jax.eval_shape(gen.apply, gen_vars, xs, zs)
   for (mean, logvar), x_hat, x in zip(encoded, decoded, xs):
     assert mean.shape == logvar.shape == (3, 64)
     assert x_hat.shape == x.shape
-  # Linear outputs, not a sigmoid: negative values come out (the features are unbounded).
-  z = [jax.random.normal(jax.random.PRNGKey(2), zz.shape) for zz in zs]
-  assert all(float(x.min()) < 0 for x in gen.apply(gen_vars, xs, z)[1])
-  outs, t = disc.apply(disc_vars, xs, zs)
+  outs, t = jax.eval_shape(disc.apply, disc_vars, xs, zs)
   assert [d0.shape for d0, _ in outs] == [(3, 3), (3, 3)] and t.shape == (3,)
+  assert [d1.shape for _, d1 in outs] == [(3,), (3,)]
   params = {**gen_vars['params'], **disc_vars['params']}
   d = 64
   for name, dim in (('0cap', 1024), ('1img', 2048)):
@@ -133,3 +138,18 @@ def test_cub_feature_networks_shapes_and_parameter_counts():
   assert _count(params['joint_critic']) == (
       _dense(1024, 512, 256, 128, 128) + _dense(2048, 1024, 512, 256, 256)
       + _dense(128 + 256, 512, 512, 1)) == 3_985_921
+
+
+def test_feature_decoders_are_linear():
+  """No sigmoid: the decoder's output is its last Dense layer's (features are unbounded)."""
+  from mmali_jax.models import features  # pylint: disable=g-import-not-at-top
+  decoder = features.Decoder((16,))
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+  variables = decoder.init(jax.random.PRNGKey(1), z)
+  last = variables['params']['Dense_3']
+  variables['params']['Dense_3'] = {'kernel': 50 * last['kernel'], 'bias': last['bias'] - 2.0}
+  out = decoder.apply(variables, z)
+  assert float(out.min()) < -1.0  # impossible after a sigmoid or tanh
+  encoder_out = features.Encoder(5).apply(features.Encoder(5).init(jax.random.PRNGKey(2), out),
+                                          out)
+  assert encoder_out[0].shape == encoder_out[1].shape == (4, 5)

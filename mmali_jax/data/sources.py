@@ -87,7 +87,7 @@ def ensure_prepared(datasets, data_dir=None):
     raise MissingDatasetError('\n\n'.join(problems))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _load_split_cached(dataset, split, data_dir, feature=None):
   tfds = _import_tfds()
   try:
