@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from mmali_jax import config_checks
@@ -26,7 +27,14 @@ def cub_dir(tmp_path_factory):
 def correlated_dir(tmp_path_factory):
   """Enough generated images for CCA to generalise from the training to the test images."""
   root = tmp_path_factory.mktemp('tfds_correlated')
-  write_cub_files(str(root / 'downloads' / 'manual'), sizes={'train': 40, 'test': 10}, seed=1)
+  files = write_cub_files(str(root / 'downloads' / 'manual'), sizes={'train': 40, 'test': 10},
+                          seed=1)
+  rng = np.random.default_rng(0)
+  for filenames, *_ in files.values():  # stand-ins for CUB_200_2011/images/<filename>.jpg
+    for name in filenames:
+      path = root / 'images' / f'{name}.jpg'
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
   return str(root)
 
 
@@ -114,6 +122,7 @@ def test_training_and_evaluation_write_the_correlation_report(correlated_dir, tm
   config.eval.batch_size = 32
   config.eval.num_retrieval_examples = 3
   config.eval.retrieval_neighbours = 2
+  config.eval.images_dir = os.path.join(data_dir, 'images')
   workdir = str(tmp_path / 'run')
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
@@ -138,4 +147,9 @@ def test_training_and_evaluation_write_the_correlation_report(correlated_dir, tm
   assert first['neighbours']['filenames'][0].startswith(('001.', '002.', '003.'))
   assert first['source_filename'].startswith(('004.', '005.', '006.'))  # a test image
   assert all(i < 400 for r in retrieval['1img_to_0cap'] for i in r['neighbours']['indices'])
+  for direction in ('0cap_to_1img', '1img_to_0cap'):  # source image, then 2 neighbours
+    grid = Image.open(tmp_path / 'run' / 'eval' / f'retrieval_{direction}.png')
+    assert round(grid.height / 66) == 3  # 3 test pairs: rows of 64-pixel images, 2-pixel lines
+    assert grid.width > 3 * 66  # the source and 2 neighbours, after the row labels
+  assert 'retrieval_0cap_to_1img.png' in report
   assert os.path.getsize(tmp_path / 'run' / 'samples' / 'step_0000002.png') > 0
