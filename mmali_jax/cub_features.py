@@ -30,6 +30,8 @@ import numpy as np
 
 IMAGE_SIZE = 224
 BACKENDS = ('torchvision', 'keras')
+KERAS_WEIGHTS = 'resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5'
+TORCHVISION_WEIGHTS = 'resnet101-63fe2227.pth'
 
 
 def default_backend():
@@ -121,7 +123,16 @@ def main(argv):
   except FileNotFoundError as err:
     raise SystemExit(f'Error: {err}') from None
   print(f'{len(paths)} images, ResNet-101 features with the {backend} backend.', file=sys.stderr)
-  features = compute_features(load_model(backend, FLAGS.weights), paths, FLAGS.batch_size)
+  try:
+    model = load_model(backend, FLAGS.weights)
+  except Exception as err:  # pylint: disable=broad-except
+    # Offline, Keras and torchvision fail to download their weights with long tracebacks.
+    wanted = {'keras': KERAS_WEIGHTS, 'torchvision': TORCHVISION_WEIGHTS}[backend]
+    reason = str(err).splitlines()[0][:300] if str(err) else ''
+    raise SystemExit(f'Error: cannot load the ResNet-101 weights for the {backend} backend '
+                     f'({type(err).__name__}: {reason}). Pass --weights=<path to {wanted}>.'
+                     ) from None
+  features = compute_features(model, paths, FLAGS.batch_size)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   np.save(out, features)
   print(f'Wrote {out}: {features.shape[0]} x {features.shape[1]} float32.')
