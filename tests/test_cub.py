@@ -102,6 +102,16 @@ def test_missing_files_are_named_with_their_source_and_folder(tmp_path):
     sources.ensure_prepared([('cub_features', 'image_features')], str(empty))
 
 
+def test_a_file_of_the_wrong_shape_is_named(tmp_path):
+  manual = tmp_path / 'downloads' / 'manual'
+  write_cub_files(str(manual))
+  np.save(manual / 'cub' / 'test' / 'image_features_resnet101.npy', np.zeros((4, 100), np.float32))
+  with pytest.raises(sources.MissingDatasetError,
+                     match=r'(?s)could not be prepared: .*test/image_features_resnet101.npy has '
+                           r'shape \(4, 100\); expected \(4, 2048\)'):
+    sources.ensure_prepared([('cub_features', 'image_features')], str(tmp_path))
+
+
 def test_aligned_pairing_refuses_label_subsampling(cub_dir):
   config = _config(cub_dir[0])
   config.data.percentage = 0.2

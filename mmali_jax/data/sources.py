@@ -207,6 +207,10 @@ def _prepare_offline(tfds, dataset, data_dir):
         'importlib_resources, which this tensorflow-datasets imports without declaring it '
         '(tensorflow/datasets#11212). Install it: pip install importlib_resources') from e
   except Exception as e:  # pylint: disable=broad-except
+    if _manual_only(tfds, dataset) and isinstance(e, (ValueError, OSError, EOFError)):
+      # A user's file that is not what the builder expects (shape, truncation, format).
+      raise MissingDatasetError(
+          f'The files of {dataset} in {folder} could not be prepared: {e}') from None
     if type(e).__name__ != 'NonMatchingChecksumError':
       raise
     raise MissingDatasetError(
