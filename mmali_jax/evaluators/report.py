@@ -106,7 +106,8 @@ def report(config, metrics, workdir, notes=()):
                  'set), which is what the paper reports; "held-out" is a second run, trained '
                  'without the last examples of the training split, at the epoch chosen on them.')
   if correlations:
-    lines.append('Correlation: CCA (k components) fitted on all training pairs; each test pair '
+    k = default_config.eval_config(config).cca_components
+    lines.append(f'Correlation: CCA ({k} components) fitted on all training pairs; each test pair '
                  'scores the cosine of its two projections, averaged over all pairs. '
                  '`correlation/*` scales every stacked eigenvector to unit norm, as the '
                  "reference and the paper's Table 4; `correlation_canonical/*` gives every "
