@@ -3,6 +3,7 @@ the field, the value and what is allowed (docs: README "When something goes wron
 import numbers
 
 from mmali_jax import default_config
+from mmali_jax.data import pairing
 from mmali_jax.models import registry
 
 # Modality names are processed in sorted order, which matches the order of the reference's keys
@@ -67,7 +68,9 @@ def check(config):
   if config.matmul_precision not in MATMUL_PRECISIONS:
     raise ConfigError(f'config.matmul_precision={config.matmul_precision!r}; choose one of '
                       f'{MATMUL_PRECISIONS}.')
+  _at_least(config, ('joint_critic_width',), 1)
   _check_modalities(config)
+  _check_pairing(config)
   if config.joint_critic == 'dot' and len(config.modalities) != 2:
     raise ConfigError(f"config.joint_critic='dot' needs exactly 2 modalities, got "
                       f"{len(config.modalities)}; use joint_critic='concat'.")
@@ -86,6 +89,48 @@ def check(config):
                           'classifier_batch_size', 'num_joint_samples', 'batch_size',
                           'num_figure_examples'), 1)
   _at_least(eval_config, ('every_steps', 'probe_holdout', 'classifier_holdout'), 0)
+  _at_least(eval_config, ('cca_components', 'num_retrieval_examples', 'retrieval_neighbours'), 1)
+  _in_range(eval_config, 'cca_epsilon', 0.0, float('inf'), high_open=True)
+  _check_evaluators(config, eval_config)
+
+
+# Evaluators and what they need of the modalities (mmali_jax/evaluators/evaluator.py).
+IMAGE_EVALUATORS = ('latent_probe', 'coherence', 'figures')
+FEATURE_EVALUATORS = ('correlation', 'retrieval')
+EVALUATORS = IMAGE_EVALUATORS + FEATURE_EVALUATORS
+
+
+def _check_evaluators(config, eval_config):
+  chosen = tuple(eval_config.evaluators)
+  unknown = [e for e in chosen if e not in EVALUATORS]
+  if unknown:
+    raise ConfigError(f'config.eval.evaluators={chosen!r}: unknown {unknown}; choose from '
+                      f'{EVALUATORS}.')
+  families = {spec.name: registry.FAMILIES[spec.network] for spec in config.modalities}
+  image_ones = [e for e in chosen if e in IMAGE_EVALUATORS]
+  vectors = sorted(n for n, f in families.items() if f.is_vector)
+  if image_ones and vectors:
+    raise ConfigError(
+        f'config.eval.evaluators={chosen!r}: {image_ones} evaluate image modalities with '
+        f'coherence classifiers, but {vectors} hold feature vectors; use '
+        f'{FEATURE_EVALUATORS} for feature experiments (configs/cub.py).')
+  feature_ones = [e for e in chosen if e in FEATURE_EVALUATORS]
+  if feature_ones and (len(families) != 2 or len(vectors) != 2):
+    raise ConfigError(
+        f'config.eval.evaluators={chosen!r}: {feature_ones} compare two feature-vector '
+        f'modalities (CCA), but the config has {sorted(families)} of which {vectors} are '
+        f'vectors; use {IMAGE_EVALUATORS} for image experiments.')
+
+
+def _check_pairing(config):
+  kind = config.data.pairing
+  if kind not in pairing.PAIRINGS:
+    raise ConfigError(f'config.data.pairing={kind!r}; choose one of {sorted(pairing.PAIRINGS)}.')
+  if kind == 'aligned' and (config.data.percentage != 1.0 or
+                            config.data.max_per_class is not None):
+    raise ConfigError("config.data.pairing='aligned' pairs every instance with all its views; "
+                      'config.data.percentage and config.data.max_per_class apply to '
+                      "'by_label' only: leave them at 1.0 and None.")
 
 
 def _check_modalities(config):
@@ -111,15 +156,27 @@ def _check_modalities(config):
                         'quarter turns.')
     if not isinstance(spec.rec_weight, numbers.Real) or spec.rec_weight < 0:
       raise ConfigError(f'{where}: rec_weight={spec.rec_weight!r} must be a number >= 0.')
+    feature = spec.get('feature')
+    if feature is not None and (not isinstance(feature, str) or not feature):
+      raise ConfigError(f'{where}: feature={feature!r} must be the name of a feature of '
+                        f'{spec.dataset!r}, or None for the image of an (image, label) dataset.')
+    if registry.FAMILIES[spec.network].is_vector and spec.rotation % 4:
+      raise ConfigError(f'{where}: rotation={spec.rotation!r}, but network family '
+                        f'{spec.network!r} takes feature vectors, which cannot be rotated; use 0.')
 
 
 def check_images(modality_specs, dataset):
-  """The loaded images fit their network family: shape (after rotation) and uint8 pixels."""
+  """The loaded examples fit their network family: shape (after rotation) and dtype (uint8
+  pixels for image families, float32 for feature-vector families)."""
   for spec, data in zip(modality_specs, dataset.modalities):
-    expected = tuple(spec.family.image_shape)
-    if tuple(data.images.shape[1:]) != expected or data.images.dtype.name != 'uint8':
+    expected = tuple(spec.family.example_shape)
+    dtype = spec.family.dtype
+    if tuple(data.images.shape[1:]) != expected or data.images.dtype.name != dtype:
+      # Named as the family's kind: what the user has to bring is of that kind.
+      kind = 'feature vectors' if spec.family.is_vector else 'images'
+      feature = f' (feature {spec.feature!r})' if getattr(spec, 'feature', None) else ''
       raise ConfigError(
-          f'Modality {spec.name!r}: dataset {spec.dataset!r} has images of shape '
+          f'Modality {spec.name!r}: dataset {spec.dataset!r}{feature} has {kind} of shape '
           f'{tuple(data.images.shape[1:])} and dtype {data.images.dtype}, but network family '
-          f'{spec.network!r} takes uint8 images of shape {expected}. Choose a family for this '
-          'dataset (mmali_jax/models/registry.py) or a dataset for this family.')
+          f'{spec.network!r} takes {dtype} {kind} of shape {expected}. Choose a family for this '
+          'dataset (mmali_jax/models/registry.py) or a dataset (and feature) for this family.')

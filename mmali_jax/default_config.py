@@ -19,17 +19,21 @@ def discriminator_kind(name):
   return kind
 
 
-def modality(name, dataset, network, rotation=0, rec_weight=1.0):
+def modality(name, dataset, network, rotation=0, rec_weight=1.0, feature=None):
   """One modality of the experiment.
 
   name: key; modalities are always processed in sorted order of their names.
-  dataset: TFDS name of the images (e.g. 'mnist', 'svhn_cropped').
-  network: architecture family in `mmali_jax.models.registry` ('mnist' MLPs, 'svhn' CNNs).
+  dataset: TFDS name of the examples (e.g. 'mnist', 'svhn_cropped', 'cub_features').
+  network: architecture family in `mmali_jax.models.registry` ('mnist' MLPs, 'svhn' CNNs,
+    'cub_caption' / 'cub_image' feature MLPs).
   rotation: number of 90-degree counter-clockwise turns applied to every image.
   rec_weight: the per-modality reconstruction coefficient kappa_m.
+  feature: the dataset's feature holding this modality's examples (e.g. 'caption_embeddings');
+    None = the image of an (image, label) dataset.
   """
-  return ml_collections.ConfigDict(dict(name=name, dataset=dataset, network=network,
-                                        rotation=rotation, rec_weight=rec_weight))
+  return ml_collections.ConfigDict(dict(
+      name=name, dataset=dataset, network=network, rotation=rotation, rec_weight=rec_weight,
+      feature=feature if feature is not None else ml_collections.config_dict.placeholder(str)))
 
 
 def parse_arguments(arg, defaults):
@@ -72,6 +76,8 @@ def base_config():
   # Architecture of the joint critic T(x_1..x_M): 'dot' (inner product of two branches,
   # MNIST-SVHN) or 'concat'.
   config.joint_critic = 'concat'
+  # Hidden width of the 'concat' critic's two layers (MultiMNIST 1024, CUB 512).
+  config.joint_critic_width = 1024
   config.modalities = []
 
   config.loss = ml_collections.ConfigDict(dict(
@@ -94,6 +100,10 @@ def base_config():
       # Fraction of each class used for pairs (0.2 for the paper's 20% setting).
       percentage=1.0,
       max_per_class=ml_collections.config_dict.placeholder(int),
+      # How examples of the modalities form tuples (mmali_jax/data/pairing.py): 'by_label' =
+      # same-class examples matched by random permutations; 'aligned' = example i of every
+      # modality describes the same instance (CUB: an image and each of its 10 captions).
+      pairing='by_label',
       # Off = the reference: every batch is drawn from the paired set. On = the paper's unpaired
       # path: the unimodal terms and the product-of-marginals negatives draw from each modality's
       # whole training set.
@@ -119,7 +129,8 @@ def from_dict(values):
 def _update(config, values):
   for key, value in values.items():
     if key == 'modalities':
-      config.modalities = [ml_collections.ConfigDict(m) for m in value]
+      # Fields added since the run was stored take their defaults.
+      config.modalities = [modality(**m) for m in value]
     elif isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
       _update(config[key], value)
     else:
@@ -129,6 +140,10 @@ def _update(config, values):
 def eval_defaults():
   """Defaults of `config.eval`."""
   return ml_collections.ConfigDict(dict(
+      # What to evaluate (mmali_jax/evaluators/evaluator.py): 'latent_probe', 'coherence' and
+      # 'figures' need image modalities with coherence classifiers; 'correlation' (CCA, Table 4)
+      # and 'retrieval' need two feature-vector modalities.
+      evaluators=('latent_probe', 'coherence', 'figures'),
       # Periodic evaluation during training, and after its last step (the reference's
       # eval_interval); 0 = no evaluation during training.
       every_steps=50_000,
@@ -154,6 +169,15 @@ def eval_defaults():
       batch_size=1_000,
       # Examples (columns) in Figures 3 and 4.
       num_figure_examples=10,
+      # CCA correlation (docs/algorithm.md §9.4): components and diagonal regulariser.
+      cca_components=40,
+      cca_epsilon=1e-12,
+      # Nearest-neighbour retrieval: generated examples listed, neighbours per example.
+      num_retrieval_examples=10,
+      retrieval_neighbours=5,
+      # Folder of the dataset's images (CUB_200_2011/images), for retrieval PNG grids; None = only
+      # the index lists.
+      images_dir=ml_collections.config_dict.placeholder(str),
   ))
 
 

@@ -17,7 +17,8 @@ def build(config):
   mods = modalities_lib.from_config(config)
   gen = generators.Generators(mods, config.latent_dim)
   if discriminator_kind(config.discriminator) == 'factorized':
-    disc = discriminators.FactorizedDiscriminators(mods, config.joint_critic)
+    disc = discriminators.FactorizedDiscriminators(mods, config.joint_critic,
+                                                   config.joint_critic_width)
   else:
     disc = discriminators.MonolithicDiscriminator(mods)
   return mods, gen, disc
@@ -25,7 +26,7 @@ def build(config):
 
 def dummy_inputs(mods, config, batch_size=1):
   """Inputs with the right shapes, for initialisation."""
-  xs = [jnp.zeros((batch_size,) + m.image_shape, jnp.float32) for m in mods]
+  xs = [jnp.zeros((batch_size,) + m.example_shape, jnp.float32) for m in mods]
   zs = [jnp.zeros((batch_size, config.latent_dim), jnp.float32) for _ in mods]
   if discriminator_kind(config.discriminator) == 'monolithic':
     content_dim = config.latent_dim - config.style_dim

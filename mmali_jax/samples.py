@@ -40,8 +40,23 @@ def make_sample_fn(gen, mods, style_dim):
   return names, jax.jit(sample)
 
 
+def vectors_as_images(row):
+  """Feature vectors [B, D] as square grey tiles (zero-padded to the next square), scaled to
+  [0, 1] by the row's range, so that feature modalities get a sample grid too; images are
+  returned as they are."""
+  row = np.asarray(row, np.float32)
+  if row.ndim != 2:
+    return row
+  side = int(np.ceil(np.sqrt(row.shape[1])))
+  low, high = float(row.min()), float(row.max())
+  scaled = (row - low) / (high - low) if high > low else np.zeros_like(row)
+  padded = np.zeros((row.shape[0], side * side), np.float32)
+  padded[:, :row.shape[1]] = scaled
+  return padded.reshape(row.shape[0], side, side, 1)
+
+
 def write_grid(names, rows, path):
   """Writes the labelled PNG and returns the grid as float [1, H, W, 3] for TensorBoard."""
-  grid = images.image_grid([list(np.asarray(r)) for r in rows], path, row_labels=names,
+  grid = images.image_grid([list(vectors_as_images(r)) for r in rows], path, row_labels=names,
                             scale=2)
   return grid[None].astype(np.float32) / 255.0

@@ -143,6 +143,10 @@ def _check_workdir_config(config, workdir, write=True):
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
+    try:  # Fields added to the code since the run was stored count with their defaults.
+      saved = json.loads(default_config.from_dict(saved).to_json_best_effort())
+    except (TypeError, ValueError, KeyError, AttributeError):
+      pass
     ignore = lambda k: any(k == f or k.startswith(f + '.') for f in RESUMABLE_FIELDS)
     a, b = _comparable(saved), _comparable(current)
     changed = sorted(k for k in set(a) | set(b) if not ignore(k) and a.get(k) != b.get(k))
@@ -231,7 +235,7 @@ def train_and_evaluate(config, workdir):
   _check_workdir_config(config, workdir, write=False)
 
   # Every missing dataset of the experiment at once, before the first one is loaded.
-  sources.ensure_prepared([m.dataset for m in mods], config.data.tfds_data_dir)
+  sources.ensure_prepared([(m.dataset, m.feature) for m in mods], config.data.tfds_data_dir)
   dataset = pipeline.load_dataset(config, 'train')
   config_checks.check_images(mods, dataset)
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)

@@ -130,7 +130,8 @@ def test_train_all_trains_one_per_rotation_and_keeps_existing(tmp_path, monkeypa
   labels = np.arange(120, dtype=np.int32) % 10
   calls = []
 
-  def fake_load_split(dataset, split, data_dir=None):
+  def fake_load_split(dataset, split, data_dir=None, feature=None):
+    assert feature is None
     calls.append((dataset, split))
     return _squares(labels, 0 if split == 'train' else 1), labels
 

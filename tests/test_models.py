@@ -92,3 +92,62 @@ def test_bad_config_values_are_named():
     networks.build(config)
   with pytest.raises(ValueError, match='Unknown config argument'):
     load_config('multimnist', 'modality=3')
+
+
+def _count(tree):
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _dense(*widths):
+  """Parameters of a chain of Dense layers (kernel and bias)."""
+  return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+def test_cub_feature_networks_shapes_and_parameter_counts():
+  """Shapes only (jax.eval_shape: nothing is computed), against the layer sizes of
+  docs/algorithm.md §6.5."""
+  config = load_config('cub')
+  mods, gen, disc = networks.build(config)
+  assert [(m.name, m.example_shape, m.family.dtype) for m in mods] == [
+      ('0cap', (1024,), 'float32'), ('1img', (2048,), 'float32')]
+  assert all(m.family.classifier is None for m in mods)
+  xs, zs, disc_inputs = networks.dummy_inputs(mods, config, batch_size=3)
+  gen_vars = jax.eval_shape(gen.init, jax.random.PRNGKey(0), xs, zs)
+  disc_vars = jax.eval_shape(lambda *a: disc.init(*a, update_stats=False),
+                             jax.random.PRNGKey(1), *disc_inputs)
+  encoded, decoded = jax.eval_shape(gen.apply, gen_vars, xs, zs)
+  for (mean, logvar), x_hat, x in zip(encoded, decoded, xs):
+    assert mean.shape == logvar.shape == (3, 64)
+    assert x_hat.shape == x.shape
+  outs, t = jax.eval_shape(disc.apply, disc_vars, xs, zs)
+  assert [d0.shape for d0, _ in outs] == [(3, 3), (3, 3)] and t.shape == (3,)
+  assert [d1.shape for _, d1 in outs] == [(3,), (3,)]
+  params = {**gen_vars['params'], **disc_vars['params']}
+  d = 64
+  for name, dim in (('0cap', 1024), ('1img', 2048)):
+    assert _count(params[f'encoder_{name}']) == _dense(dim, dim // 2, dim // 4, dim // 8, 2 * d)
+    assert _count(params[f'decoder_{name}']) == _dense(d, dim // 8, dim // 4, dim // 2, dim)
+    x_branch = _dense(dim, dim // 2, dim // 4, dim // 8, dim // 8)
+    z_branch = _dense(d, dim // 8, dim // 8)
+    for disc_name, outputs in (('d0', 3), ('d1', 1)):
+      assert _count(params[f'{disc_name}_{name}']) == (
+          x_branch + z_branch + _dense(dim // 4, 512, outputs))
+  assert _count(params['encoder_0cap']) == 705_536  # docs/algorithm.md §6.5
+  assert _count(params['d0_1img']) == 3_166_723
+  # The concatenation critic: both x branches -> 512 -> 512 -> 1.
+  assert _count(params['joint_critic']) == (
+      _dense(1024, 512, 256, 128, 128) + _dense(2048, 1024, 512, 256, 256)
+      + _dense(128 + 256, 512, 512, 1)) == 3_985_921
+
+
+def test_feature_decoders_are_linear():
+  """No sigmoid: the decoder's output is its last Dense layer's (features are unbounded)."""
+  from mmali_jax.models import features  # pylint: disable=g-import-not-at-top
+  decoder = features.Decoder((16,))
+  z = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+  variables = jax.jit(decoder.init)(jax.random.PRNGKey(1), z)
+  last = variables['params']['Dense_3']
+  variables['params']['Dense_3'] = {'kernel': 50 * last['kernel'], 'bias': last['bias'] - 2.0}
+  out = jax.jit(decoder.apply)(variables, z)
+  assert out.shape == (4, 16)
+  assert float(out.min()) < -1.0  # impossible after a sigmoid or tanh

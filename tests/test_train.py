@@ -199,3 +199,20 @@ def test_progress_rate_and_eta_leave_out_evaluation_time(monkeypatch):
   report(3)
   report(4)
   assert writer.written[4]['steps_per_sec'] == pytest.approx(0.5)
+
+
+def test_a_run_stored_before_new_config_fields_still_resumes(tmp_path):
+  """Fields added to the code later (here: everything the CUB experiment added) take their
+  defaults when a stored config.json lacks them, so old workdirs resume; real changes are still
+  refused."""
+  import json  # pylint: disable=g-import-not-at-top
+  config = small_config('multimnist', 'modalities=2')
+  stored = json.loads(config.to_json_best_effort())
+  del stored['joint_critic_width'], stored['data']['pairing'], stored['eval']['evaluators']
+  for spec in stored['modalities']:
+    del spec['feature']
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  train._check_workdir_config(config, str(tmp_path), write=False)  # pylint: disable=protected-access
+  config.joint_critic_width = 512
+  with pytest.raises(ValueError, match='joint_critic_width: 1024 -> 512'):
+    train._check_workdir_config(config, str(tmp_path), write=False)  # pylint: disable=protected-access

@@ -1,6 +1,12 @@
-"""Multimodal pairs matched on class label, as index arrays (docs/algorithm.md §8).
+"""How examples of the modalities form tuples, as index arrays (docs/algorithm.md §8).
 
-Generalises the reference's `rand_match_on_idx` (MNIST-SVHN, with `use_all`) and
+`PAIRINGS` maps `config.data.pairing` to a function (examples, config, percentage, rng) ->
+int64 [P, M] pair indices, where examples is one `pipeline.ModalityData` per modality:
+- 'by_label': same-class examples matched by random permutations (MNIST-SVHN, MultiMNIST);
+- 'aligned': example i of every modality describes the same instance; a modality with several
+  views per instance (CUB: 10 captions per image) pairs each view with every view of the others.
+
+'by_label' generalises the reference's `rand_match_on_idx` (MNIST-SVHN, with `use_all`) and
 `MultiMNIST.rand_match_on_idx` to M modalities: per class, the first n_l examples of every
 modality are matched by `multiplication` rounds of independent random permutations. A pair is
 M same-class examples, usually different instances; images are never copied, only indexed.
@@ -54,3 +60,43 @@ def match_by_label(labels: Sequence[np.ndarray], multiplication: int, percentage
   if not blocks:
     return np.zeros((0, len(labels)), np.int64)
   return np.concatenate(blocks, axis=0).astype(np.int64)
+
+
+def match_aligned(instances: Sequence[np.ndarray]) -> np.ndarray:
+  """int64 [P, M]: every combination of items of the same instance, instance by instance.
+
+  instances[m][k] is the instance (dataset example) of modality m's item k; items of one
+  instance are contiguous and in order (pipeline.py flattens views so). With 10 caption items
+  per image and one image item, rows are [10 i + j, i] for image i and caption j.
+  """
+  counts = [np.bincount(np.asarray(i)) for i in instances]
+  num = {len(c) for c in counts}
+  if len(num) != 1:
+    raise ValueError('Aligned pairing needs the same number of instances in every modality; got '
+                     f'{[len(c) for c in counts]}.')
+  blocks = []
+  starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in counts]
+  views = [int(c[0]) if len(c) else 0 for c in counts]
+  if any(np.any(c != v) for c, v in zip(counts, views)):
+    raise ValueError('Aligned pairing needs the same number of views for every instance of a '
+                     'modality.')
+  grid = np.stack(np.meshgrid(*[np.arange(v) for v in views], indexing='ij'),
+                  axis=-1).reshape(-1, len(views))
+  for m, start in enumerate(starts):
+    blocks.append((start[:, None] + grid[None, :, m]).reshape(-1))
+  if not blocks or not len(blocks[0]):
+    return np.zeros((0, len(instances)), np.int64)
+  return np.stack(blocks, axis=1).astype(np.int64)
+
+
+def _by_label(modalities, config, percentage, rng):
+  return match_by_label([m.labels for m in modalities], config.data.multiplication, percentage,
+                        config.data.max_per_class, rng)
+
+
+def _aligned(modalities, config, percentage, rng):
+  del config, percentage, rng  # every instance, every combination of its views
+  return match_aligned([m.instances for m in modalities])
+
+
+PAIRINGS = {'by_label': _by_label, 'aligned': _aligned}

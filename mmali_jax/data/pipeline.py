@@ -1,4 +1,4 @@
-"""Multimodal datasets: per-modality images and label-matched pairs (docs/algorithm.md §8).
+"""Multimodal datasets: per-modality examples and their pairs (docs/algorithm.md §8).
 
 The training batches are drawn from them on the device (`mmali_jax.data.sampler`).
 """
@@ -8,6 +8,7 @@ import numpy as np
 
 from mmali_jax.data import pairing
 from mmali_jax.data import sources
+from mmali_jax.models import registry
 
 # Keys of np.random.default_rng([seed, KEY]) for the train and test pairings.
 _SPLIT_KEYS = {'train': 0, 'test': 1}
@@ -24,17 +25,36 @@ def rotate(images, quarter_turns):
   return np.ascontiguousarray(np.rot90(images, k=k, axes=(1, 2)))
 
 
-def load_images(dataset, split, data_dir=None, rotation=0):
-  """(uint8 images [N, H, W, C] turned `rotation` quarter turns, int32 labels) of a TFDS split."""
-  images, labels = sources.load_split(dataset, split, data_dir)
+def load_images(dataset, split, data_dir=None, rotation=0, feature=None):
+  """(uint8 images [N, H, W, C] turned `rotation` quarter turns, int32 labels) of a TFDS split;
+  with `feature`, that feature of every example as stored (e.g. float32 [N, 10, 1024])."""
+  images, labels = sources.load_split(dataset, split, data_dir, feature)
   return rotate(images, rotation), labels
+
+
+def flatten_views(examples, labels, example_shape):
+  """(items, labels, instances): a dataset storing several views per example (CUB: [N, 10, 1024],
+  10 captions per image) becomes N * 10 items, views of one example contiguous; `instances`
+  holds each item's example index. Examples of `example_shape` are returned as they are."""
+  extra = examples.ndim - 1 - len(example_shape)
+  n = examples.shape[0]
+  if extra == 1 and tuple(examples.shape[2:]) == tuple(example_shape):
+    views = examples.shape[1]
+    return (examples.reshape((n * views,) + tuple(example_shape)), np.repeat(labels, views),
+            np.repeat(np.arange(n), views))
+  return examples, labels, np.arange(n)
 
 
 @dataclasses.dataclass(eq=False)
 class ModalityData:
   name: str
-  images: np.ndarray  # uint8 [N, H, W, C], already rotated.
+  images: np.ndarray  # the examples: uint8 images [N, H, W, C] (rotated) or float32 [N, D]
   labels: np.ndarray  # int32 [N]
+  instances: np.ndarray = None  # int [N]: the dataset example each item comes from
+
+  def __post_init__(self):
+    if self.instances is None:
+      self.instances = np.arange(self.images.shape[0])
 
 
 @dataclasses.dataclass(eq=False)
@@ -52,13 +72,14 @@ class MultimodalDataset:
     return int(self.pairs.shape[0])
 
   def batch(self, pair_indices):
-    """{name: uint8 images} of the given pairs."""
+    """{name: examples} of the given pairs."""
     rows = self.pairs[np.asarray(pair_indices)]
     return {m.name: m.images[rows[:, k]] for k, m in enumerate(self.modalities)}
 
 
 def load_dataset(config, split):
-  """The paired train or test set of `config.modalities` (test pairs always use all data, p = 1).
+  """The paired train or test set of `config.modalities` (test pairs always use all data, p = 1),
+  paired by `config.data.pairing`.
 
   Unlike the reference, whose test pairs are redrawn unseeded at every evaluation, both splits'
   pairings are seeded by config.seed (docs/algorithm.md §10).
@@ -71,11 +92,12 @@ def load_dataset(config, split):
     raise ValueError(f'config.modalities needs distinct names, got {names}.')
   modalities = []
   for spec in specs:
-    images, labels = load_images(spec.dataset, split, config.data.tfds_data_dir, spec.rotation)
-    modalities.append(ModalityData(spec.name, images, labels))
+    examples, labels = load_images(spec.dataset, split, config.data.tfds_data_dir, spec.rotation,
+                                   spec.get('feature'))
+    items = flatten_views(examples, labels, registry.family(spec.network).example_shape)
+    modalities.append(ModalityData(spec.name, *items))
   percentage = config.data.percentage if split == 'train' else 1.0
   rng = np.random.default_rng([config.seed, _SPLIT_KEYS[split]])
-  pairs = pairing.match_by_label([m.labels for m in modalities], config.data.multiplication,
-                                 percentage, config.data.max_per_class, rng)
+  pairs = pairing.PAIRINGS[config.data.pairing](modalities, config, percentage, rng)
   labels = modalities[0].labels[pairs[:, 0]].astype(np.int32)
   return MultimodalDataset(modalities, pairs, labels)

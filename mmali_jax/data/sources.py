@@ -1,4 +1,5 @@
-"""Whole TFDS image-classification splits as in-memory numpy arrays.
+"""Whole TFDS splits as in-memory numpy arrays: (image, label) datasets, or one named feature
+of a dataset with several (CUB's caption embeddings and image features).
 
 The training sets used here are small (MNIST 47 MB, SVHN 225 MB as uint8), and pairs are index
 arrays into them (pairing.py), so every split is read once into memory and never streamed.
@@ -37,13 +38,17 @@ class MissingDatasetError(RuntimeError):
   """A dataset is neither prepared nor preparable offline from files in the manual folder."""
 
 
-def load_split(dataset, split, data_dir=None):
-  """(images uint8 [N, H, W, C], labels int32 [N]) of one split, cached per process.
+def load_split(dataset, split, data_dir=None, feature=None):
+  """(examples [N, ...], labels int32 [N]) of one split, cached per process.
 
+  feature None: the (image, label) pair of the dataset's supervised keys, images uint8
+  [N, H, W, C]. Otherwise the named feature of every example, as stored (e.g. float32
+  [N, 10, 1024] for 'caption_embeddings'), with the 'label' feature.
   The arrays are shared between callers (MultiMNIST loads MNIST train once per modality), so they
   are returned read-only.
   """
-  return _load_split_cached(dataset, split, None if data_dir is None else os.fspath(data_dir))
+  return _load_split_cached(dataset, split, None if data_dir is None else os.fspath(data_dir),
+                            feature)
 
 
 def clear_cache():
@@ -68,20 +73,25 @@ def ensure_prepared(datasets, data_dir=None):
   first, else TFDS's download when this machine is online). One MissingDatasetError names all
   that cannot be prepared, with what to do for each."""
   problems = []
-  for dataset in dict.fromkeys(datasets):
+  # Items are dataset names or (dataset, feature) pairs; one try per dataset.
+  first_feature = {}
+  for item in datasets:
+    dataset, feature = item if isinstance(item, tuple) else (item, None)
+    first_feature.setdefault(dataset, feature)
+  for dataset, feature in first_feature.items():
     try:
-      load_split(dataset, 'train', data_dir)
+      load_split(dataset, 'train', data_dir, feature)
     except MissingDatasetError as err:
       problems.append(str(err))
   if problems:
     raise MissingDatasetError('\n\n'.join(problems))
 
 
-@functools.lru_cache(maxsize=8)
-def _load_split_cached(dataset, split, data_dir):
+@functools.lru_cache(maxsize=16)
+def _load_split_cached(dataset, split, data_dir, feature=None):
   tfds = _import_tfds()
   try:
-    images, labels = _read(tfds, dataset, split, data_dir)
+    images, labels = _read(tfds, dataset, split, data_dir, feature)
   except AssertionError:
     # tfds.load(download=False) asserts when the dataset is not prepared in data_dir.
     if tfds.builder(dataset, data_dir=data_dir).is_prepared():
@@ -89,7 +99,7 @@ def _load_split_cached(dataset, split, data_dir):
     images = None
   if images is None:  # Outside the except block, so TFDS's assertion is not chained.
     _prepare(tfds, dataset, data_dir)
-    images, labels = _read(tfds, dataset, split, data_dir)
+    images, labels = _read(tfds, dataset, split, data_dir, feature)
   images.setflags(write=False)
   labels.setflags(write=False)
   return images, labels
@@ -138,6 +148,9 @@ def _prepare(tfds, dataset, data_dir):
   if needed and not missing:
     _prepare_offline(tfds, dataset, data_dir)
     return
+  if _manual_only(tfds, dataset):
+    raise MissingDatasetError(_missing_manual_message(tfds, dataset, data_dir, folder, needed,
+                                                      missing))
   if not _online():
     raise MissingDatasetError(_missing_message(dataset, data_dir, folder, needed, missing,
                                                'this machine cannot reach the internet'))
@@ -152,15 +165,22 @@ def _prepare(tfds, dataset, data_dir):
                                                reason)) from None
 
 
-def _read(tfds, dataset, split, data_dir):
+def _read(tfds, dataset, split, data_dir, feature=None):
   # Read in chunks, not with batch_size=-1: under tfds.testing.mock_data (which patches this
   # call, so tests run without real data) the split size is unknown and TFDS then batches by
   # sys.maxsize, which aborts TensorFlow 2.21.
   chunks = list(tfds.as_numpy(tfds.load(
-      dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK, as_supervised=True,
-      download=False)))
+      dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK,
+      as_supervised=feature is None, download=False)))
   if not chunks:
     raise ValueError(f'Split {split!r} of {dataset!r} is empty.')
+  if feature is not None:
+    if feature not in chunks[0]:
+      raise ValueError(f'Dataset {dataset!r} has no feature {feature!r}; it has '
+                       f'{sorted(chunks[0])}. Fix the modality\'s feature in the config.')
+    examples = np.concatenate([c[feature] for c in chunks])
+    labels = np.concatenate([c['label'] for c in chunks]).astype(np.int32)
+    return examples, labels
   images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
   labels = np.concatenate([c[1] for c in chunks]).astype(np.int32)
   if images.ndim == 3:
@@ -187,6 +207,10 @@ def _prepare_offline(tfds, dataset, data_dir):
         'importlib_resources, which this tensorflow-datasets imports without declaring it '
         '(tensorflow/datasets#11212). Install it: pip install importlib_resources') from e
   except Exception as e:  # pylint: disable=broad-except
+    if _manual_only(tfds, dataset) and isinstance(e, (ValueError, OSError, EOFError)):
+      # A user's file that is not what the builder expects (shape, truncation, format).
+      raise MissingDatasetError(
+          f'The files of {dataset} in {folder} could not be prepared: {e}') from None
     if type(e).__name__ != 'NonMatchingChecksumError':
       raise
     raise MissingDatasetError(
@@ -194,9 +218,23 @@ def _prepare_offline(tfds, dataset, data_dir):
         f'or different file); replace it with the original.\n{e}') from e
 
 
+def _manual_only(tfds, dataset):
+  """Whether the dataset is built only from files the user downloads (no TFDS download)."""
+  try:
+    return bool(getattr(tfds.builder_cls(dataset), 'MANUAL_FILES', None))
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
 def _raw_files(tfds, dataset):
   if dataset in RAW_FILES:
     return list(RAW_FILES[dataset])
+  try:  # A dataset built from manual files declares them.
+    manual = getattr(tfds.builder_cls(dataset), 'MANUAL_FILES', None)
+  except Exception:  # pylint: disable=broad-except
+    manual = None
+  if manual:
+    return list(manual)
   try:  # Other datasets: the file names registered with the builder's checksums.
     return sorted({info.filename for info in tfds.builder(dataset).url_infos.values()
                    if info.filename})
@@ -221,6 +259,26 @@ def _missing_message(dataset, data_dir, folder, needed, missing, reason):
   return '\n'.join(lines)
 
 
+def _missing_manual_message(tfds, dataset, data_dir, folder, needed, missing):
+  """Which files of a manually built dataset are missing, where each comes from, and where it
+  goes."""
+  where = data_dir_root(data_dir) + (' (the TFDS default)' if data_dir is None else '')
+  builder_cls = tfds.builder_cls(dataset)
+  source_of = getattr(builder_cls, 'source_of', None)
+  lines = [f'Dataset {dataset!r} is not prepared in {where}, and it can only be built from '
+           f'files you download yourself. Missing in {folder}/:']
+  for f in missing:
+    lines.append(f'  {f}' + (f'  <- {source_of(f)}' if source_of else ''))
+  if len(missing) < len(needed):
+    lines.append(f'({len(needed) - len(missing)} of the {len(needed)} files are there.)')
+  instructions = getattr(builder_cls, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')
+  if instructions:
+    lines += ['', instructions.replace('<manual_dir>', folder).rstrip()]
+  lines.append(f'Or point {_CONFIG_FLAG}=<dir> at a directory where {dataset!r} is prepared '
+               '(or whose downloads/manual/ holds those files). See README "CUB (Table 4)".')
+  return '\n'.join(lines)
+
+
 def _import_tfds():
   """Imports TFDS lazily and keeps TensorFlow off the GPUs, which JAX is going to use."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -229,4 +287,7 @@ def _import_tfds():
   except (RuntimeError, ValueError):  # TF already initialised its devices; nothing to do.
     pass
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Registers this project's own TFDS builders (those built from manually downloaded files).
+  from mmali_jax.data import cub  # pylint: disable=g-import-not-at-top
+  del cub
   return tfds

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mmali_jax import config_checks
 from mmali_jax import default_config
 from mmali_jax import images as images_lib
 from mmali_jax.data import pipeline
@@ -211,6 +212,13 @@ def distinct_classifiers(config):
 def train_all(config, classifier_dir, *, epochs=None, overwrite=False):
   """Trains (or keeps) one classifier per distinct (dataset, rotation); returns their metrics."""
   eval_config = default_config.eval_config(config)
+  without = sorted({m.network for m in config.modalities
+                    if registry.family(m.network).classifier is None})
+  if without:
+    raise config_checks.ConfigError(
+        f'Network families {without} have no coherence classifier: feature modalities are '
+        f'evaluated by {tuple(eval_config.evaluators)} (config.eval.evaluators), which need no '
+        'classifiers. Run python -m mmali_jax.evaluate directly.')
   epochs = eval_config.classifier_epochs if epochs is None else epochs
   data_dir = config.data.get('tfds_data_dir')
   summary = {}

@@ -19,6 +19,10 @@ TABLE3 = {'latent/0mnist/content': 96.61, 'latent/0mnist/style': 23.56,
           'latent/0mnist/both': 96.88, 'latent/1svhn/content': 86.40,
           'latent/1svhn/style': 21.39, 'latent/1svhn/both': 86.49}
 
+# Table 4: CCA correlation of caption-image pairs (MMALI row), by quantity.
+TABLE4 = {'joint': 0.502, 'image_to_caption': 0.488, 'caption_to_image': 0.545,
+          'ground_truth': 0.406}
+
 READOUT_LABELS = {
     'final_test_accuracy': 'final epoch',
     'selected_test_accuracy': 'epoch chosen on held-out train data',
@@ -32,6 +36,9 @@ def experiment(config):
     return 'multimnist'
   if datasets == ['mnist', 'svhn_cropped']:
     return 'mnist_svhn'
+  if datasets == ['cub_features'] and sorted(m.network for m in config.modalities) == [
+      'cub_caption', 'cub_image']:
+    return 'cub'
   return 'custom'
 
 
@@ -43,6 +50,13 @@ def paper_values(config):
     value = TABLE1[discriminator].get(len(config.modalities))
     unrotated = [m.name for m in config.modalities if m.rotation == 0]
     return {f'latent/{unrotated[0]}/both': value} if value is not None and unrotated else {}
+  if kind == 'cub' and discriminator == 'factorized':
+    caption = [m.name for m in config.modalities if m.network == 'cub_caption'][0]
+    image = [m.name for m in config.modalities if m.network == 'cub_image'][0]
+    return {'correlation/joint': TABLE4['joint'],
+            'correlation/ground_truth': TABLE4['ground_truth'],
+            f'correlation/cross/{image}_to_{caption}': TABLE4['image_to_caption'],
+            f'correlation/cross/{caption}_to_{image}': TABLE4['caption_to_image']}
   if kind == 'mnist_svhn' and discriminator == 'factorized':
     values = dict(TABLE2.get(float(config.data.percentage), {}))
     if float(config.data.percentage) == 1.0:
@@ -52,8 +66,8 @@ def paper_values(config):
   return {}
 
 
-def _fmt(value):
-  return '–' if value is None else f'{value:.2f}'
+def _fmt(value, digits=2):
+  return '–' if value is None else f'{value:.{digits}f}'
 
 
 def discriminator_label(config):
@@ -65,10 +79,12 @@ def discriminator_label(config):
 def report(config, metrics, workdir, notes=()):
   """Markdown: one table of metric / ours / paper, probes with all three readouts labelled."""
   paper = paper_values(config)
+  correlations = any(k.startswith('correlation') for k in metrics)
+  what = ('Correlations are mean cosines of CCA projections (docs/algorithm.md §9.4)'
+          if correlations else 'All numbers are accuracies in %')
   lines = [f'# Evaluation of {workdir} (step {metrics["step"]})', '',
            f'Experiment: {experiment(config)}, {len(config.modalities)} modalities, '
-           f'{discriminator_label(config)} discriminator. All numbers are accuracies in %, from '
-           'the EMA generators.', '',
+           f'{discriminator_label(config)} discriminator. {what}, from the EMA generators.', '',
            '| metric | ours | paper |', '|---|---|---|']
   probes = sorted({k.rsplit('/', 1)[0] for k in metrics if k.startswith('latent/')})
   for probe in probes:
@@ -79,11 +95,26 @@ def report(config, metrics, workdir, notes=()):
       lines.append(f'| {probe} ({label}) | {_fmt(value)} | {_fmt(shown)} |')
   for key in sorted(k for k in metrics if k.startswith(('coherence/', 'classifier/'))):
     lines.append(f'| {key} | {_fmt(metrics[key])} | {_fmt(paper.get(key))} |')
-  lines += ['', 'Probes: a linear classifier on sampled latents. The headline is its final '
-            'epoch, trained on the whole training split; the reference protocol takes the best '
-            'test accuracy over the epochs of that same run (selection on the test set), which '
-            'is what the paper reports; "held-out" is a second run, trained without the last '
-            'examples of the training split, at the epoch chosen on them.']
+  for key in sorted((k for k in metrics if k.startswith('correlation')),
+                    key=lambda k: (k.split('/')[0] != 'correlation', k)):
+    lines.append(f'| {key} | {_fmt(metrics[key], 3)} | {_fmt(paper.get(key), 3)} |')
+  lines.append('')
+  if probes:
+    lines.append('Probes: a linear classifier on sampled latents. The headline is its final '
+                 'epoch, trained on the whole training split; the reference protocol takes the '
+                 'best test accuracy over the epochs of that same run (selection on the test '
+                 'set), which is what the paper reports; "held-out" is a second run, trained '
+                 'without the last examples of the training split, at the epoch chosen on them.')
+  if correlations:
+    k = default_config.eval_config(config).cca_components
+    lines.append(f'Correlation: CCA ({k} components) fitted on all training pairs; each test pair '
+                 'scores the cosine of its two projections, averaged over all pairs. '
+                 '`correlation/*` scales every stacked eigenvector to unit norm, as the '
+                 "reference and the paper's Table 4; `correlation_canonical/*` gives every "
+                 'projected coordinate unit variance (invariant to rescaling either view). '
+                 'ground_truth: real test pairs; joint: 10,000 prior draws, the same z to both '
+                 'decoders; cross/<a>_to_<b>: <b> generated from a full posterior sample of <a> '
+                 'and scored against the real <a>.')
   if any(k.startswith('coherence/') for k in metrics):
     lines.append('Coherence numbers are only meaningful next to the classifiers\' own test '
                  'accuracy (classifier/*).')

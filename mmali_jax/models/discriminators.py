@@ -13,10 +13,12 @@ class JointCritic(nn.Module):
   """T(x_1..x_M) ~ log q(x_1..x_M) / prod_m q(x_m).
 
   'dot': <W_1 f_1(x_1), W_2 f_2(x_2)> (two modalities; MNIST-SVHN's XXDiscriminatorDot).
-  'concat': concat f_m(x_m) -> 1024 -> 1024 -> 1 (MultiMNIST's MultiXDiscriminator).
+  'concat': concat f_m(x_m) -> W -> W -> 1, W = `width` (MultiMNIST's MultiXDiscriminator: 1024;
+  CUB's XXDiscriminatorFTFT: 512).
   """
   modalities: tuple
   kind: str
+  width: int = 1024
 
   @nn.compact
   def __call__(self, xs, update_stats):
@@ -30,8 +32,8 @@ class JointCritic(nn.Module):
       return jnp.sum(h1 * h2, axis=-1)
     if self.kind == 'concat':
       h = jnp.concatenate(feats, axis=-1)
-      h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
-      h = layers.leaky_relu(layers.sn_dense(1024, h, update_stats))
+      h = layers.leaky_relu(layers.sn_dense(self.width, h, update_stats))
+      h = layers.leaky_relu(layers.sn_dense(self.width, h, update_stats))
       return layers.sn_dense(1, h, update_stats)[:, 0]
     raise ValueError(f"Unknown joint_critic {self.kind!r}; choose 'dot' or 'concat'.")
 
@@ -40,12 +42,14 @@ class FactorizedDiscriminators(nn.Module):
   """Per modality m: D0_m(x, z) in R^{M+1} and D1_m(x, z) in R; plus the joint critic T."""
   modalities: tuple
   joint_critic_kind: str  # 'dot' or 'concat' (config.joint_critic)
+  joint_critic_width: int = 1024  # hidden width of the 'concat' critic (config.joint_critic_width)
 
   def setup(self):
     num = len(self.modalities)
     self.d0 = [m.family.xz_discriminator(num + 1, name=f'd0_{m.name}') for m in self.modalities]
     self.d1 = [m.family.xz_discriminator(1, name=f'd1_{m.name}') for m in self.modalities]
-    self.t = JointCritic(self.modalities, self.joint_critic_kind, name='joint_critic')
+    self.t = JointCritic(self.modalities, self.joint_critic_kind,
+                         self.joint_critic_width, name='joint_critic')
 
   def unimodal(self, m, x, z, update_stats):
     """D0_m logits: class 0 = q(x_m, z), 1 = p(x_m, z), 2.. = cross-content classes."""

@@ -10,7 +10,7 @@ class Generators(nn.Module):
   def setup(self):
     self.encoders = [m.family.encoder(self.latent_dim, name=f'encoder_{m.name}')
                      for m in self.modalities]
-    self.decoders = [m.family.decoder(m.image_shape, name=f'decoder_{m.name}')
+    self.decoders = [m.family.decoder(m.example_shape, name=f'decoder_{m.name}')
                      for m in self.modalities]
 
   def encode(self, m, x):
