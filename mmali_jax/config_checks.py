@@ -3,6 +3,7 @@ the field, the value and what is allowed (docs: README "When something goes wron
 import numbers
 
 from mmali_jax import default_config
+from mmali_jax import precision
 from mmali_jax.data import pairing
 from mmali_jax.models import registry
 
@@ -11,7 +12,7 @@ from mmali_jax.models import registry
 MAX_MODALITIES = 10
 JOINT_CRITICS = ('dot', 'concat')
 MATMUL_PRECISIONS = ('highest', 'float32', 'high', 'tensorfloat32', 'bfloat16_3x', 'default',
-                     'bfloat16')
+                     'bfloat16', precision.EMULATED_TF32)
 
 
 class ConfigError(ValueError):

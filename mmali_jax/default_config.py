@@ -61,7 +61,8 @@ def base_config():
   config.steps_per_dispatch = 0
   # Precision of float32 matmuls and convolutions on GPU/TPU (no effect on CPU): 'highest' is full
   # float32, as the reference's PyTorch matmuls; 'tensorfloat32' or 'bfloat16' trade accuracy
-  # for speed (docs/algorithm.md §5.3).
+  # for speed. 'tensorfloat32_emulated' rounds every matmul operand of the step to TF32 on any
+  # backend, to measure TF32's effect without TF32 hardware (docs/algorithm.md §5.3).
   config.matmul_precision = 'highest'
   # Local devices the batch is sharded over ('data' mesh axis); None = all of them.
   config.num_devices = ml_collections.config_dict.placeholder(int)

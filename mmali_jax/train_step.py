@@ -11,6 +11,7 @@ import optax
 from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import objectives
+from mmali_jax import precision
 from mmali_jax.data import sampler
 from mmali_jax.models import layers
 
@@ -132,11 +133,15 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None):
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding.images)
     return train_step(state, batch)
 
+  step = one_step
+  if config.matmul_precision == precision.EMULATED_TF32:
+    step = precision.emulate_tf32(one_step)
+
   def train_steps(state, data, num_steps):
-    with jax.default_matmul_precision(config.matmul_precision):
+    with jax.default_matmul_precision(precision.jax_precision(config.matmul_precision)):
       if num_steps == 1:
-        return one_step(state, data)
-      state, metrics = jax.lax.scan(lambda s, _: one_step(s, data), state, length=num_steps)
+        return step(state, data)
+      state, metrics = jax.lax.scan(lambda s, _: step(s, data), state, length=num_steps)
       return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
   return train_steps
