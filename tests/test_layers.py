@@ -148,3 +148,11 @@ def test_dense_on_input_parts_equals_dense_on_their_concatenation():
                Parts(False).init(jax.random.PRNGKey(2), a, b))
   outs = [Parts(split).apply(variables, a, b, mutable=['batch_stats']) for split in (True, False)]
   _close(outs[0], outs[1])
+
+  def loss(params, a, b, split):
+    out = Parts(split).apply({**variables, 'params': params}, a, b, mutable=['batch_stats'])[0]
+    return jnp.sum(jnp.sin(3.0 * out))
+
+  grads = [jax.grad(loss, argnums=(0, 1, 2))(variables['params'], a, b, split)
+           for split in (True, False)]
+  _close(grads[0], grads[1])

@@ -3,7 +3,7 @@
 Same variables, initialisation and arithmetic as `flax.linen.SpectralNorm(layer, n_steps=1,
 epsilon=1e-12)` around a Dense or Conv layer: one power iteration per call from the stored vector
 u, sigma = v W u^T with u and v constants for the gradient, and with `update_stats` the new u and
-sigma are stored. Two things are cheaper, neither changes what is computed beyond float rounding:
+sigma are stored. Some things are cheaper; none changes what is computed beyond float rounding:
 
 - the layer runs on the raw kernel and its output is divided by sigma, (x W) / sigma + b, instead
   of dividing every kernel entry, x (W / sigma) + b: the output of a batch is smaller than the
@@ -11,7 +11,8 @@ sigma are stored. Two things are cheaper, neither changes what is computed beyon
 - the product v W of the power iteration is reused for sigma instead of being recomputed;
 - since the product uses the raw kernel, an input seen by several calls of one discriminator
   (the same images next to different latents) gives the same operation in every call, which XLA
-  computes once (a Dense layer may take its input in parts for this, see `__call__`).
+  computes once (a Dense layer may take its input in parts for this, see `__call__`), and the
+  kernel's gradient is the concatenation of the parts' gradients (`parts_product`).
 """
 import flax.linen as nn
 import jax
@@ -117,6 +118,32 @@ class SpectralNorm(nn.Module):
     if isinstance(self.layer, Conv):
       y = convolutions.conv2d(x, kernel, self.stride, self.padding)
     else:
-      offsets = np.cumsum([0] + [p.shape[-1] for p in parts])
-      y = sum(p @ kernel[start:stop] for p, start, stop in zip(parts, offsets, offsets[1:]))
+      y = parts_product(parts, kernel)
     return y / jnp.where(sigma != 0, sigma, 1) + bias
+
+
+def _row_blocks(parts):
+  offsets = np.cumsum([0] + [p.shape[-1] for p in parts])
+  return list(zip(offsets[:-1], offsets[1:]))
+
+
+@jax.custom_vjp
+def parts_product(parts, kernel):
+  """concatenate(parts, -1) @ kernel, as one product per part with its block of kernel rows."""
+  return sum(p @ kernel[a:b] for p, (a, b) in zip(parts, _row_blocks(parts)))
+
+
+def _parts_product_fwd(parts, kernel):
+  return parts_product(parts, kernel), (parts, kernel)
+
+
+def _parts_product_bwd(residuals, grad):
+  # The kernel's gradient as one concatenation of the blocks' gradients: differentiating the
+  # slices instead pads every block to the kernel's size and adds the pads.
+  parts, kernel = residuals
+  blocks = _row_blocks(parts)
+  return (tuple(grad @ kernel[a:b].T for a, b in blocks),
+          jnp.concatenate([p.T @ grad for p in parts], axis=0))
+
+
+parts_product.defvjp(_parts_product_fwd, _parts_product_bwd)
