@@ -125,6 +125,12 @@ def _fmt(values):
   return f'{mean:.2f}' + (f' ± {std:.2f}' if std is not None else '') + f' (n={len(values)})'
 
 
+def _precision(runs):
+  """The runs' matmul precision when it is not full float32 (the default), else ''."""
+  return ', '.join(repr(p) for p in sorted(
+      {c.matmul_precision for c in runs.values()} - {'highest', 'float32'}))
+
+
 def table1_markdown(cells, runs):
   some = next(iter(runs.values()))
   ms = sorted({m for m, _ in cells})
@@ -133,8 +139,9 @@ def table1_markdown(cells, runs):
            f'Budget: {int(some.num_train_steps):,} training steps per run (the paper: 250,000); '
            f'seeds {seeds}; mean ± sample standard deviation over seeds (n runs per cell); '
            f'probe: {default_config.eval_config(some).probe_epochs} epochs. The paper\'s value '
-           'is in brackets; it reports a single number per cell, from the reference protocol.',
-           '']
+           'is in brackets; it reports a single number per cell, from the reference protocol.'
+           + (f' Matmul precision: {_precision(runs)} (docs/algorithm.md §5.3).'
+              if _precision(runs) else ''), '']
   for readout, title in READOUT_TITLES.items():
     lines += [f'## {title}', '', '| discriminator | ' + ' | '.join(f'M = {m}' for m in ms) + ' |',
               '|---|' + '---|' * len(ms)]
@@ -172,7 +179,9 @@ def table1_figure(cells, runs, path):
   axes[0][-1].legend(loc='lower right', fontsize=8)
   steps = int(next(iter(runs.values())).num_train_steps)
   fig.suptitle(f'Table 1, {steps:,} steps per run (paper: 250,000); bars: mean over seeds, '
-               'error bars: standard deviation, black marks: the paper', fontsize=10)
+               'error bars: standard deviation, black marks: the paper'
+               + (f'; matmul precision: {_precision(runs)}' if _precision(runs) else ''),
+               fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

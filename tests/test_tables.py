@@ -64,6 +64,16 @@ def test_table1_sweep_on_generated_data(tmp_path):
   assert tables.train_and_evaluate_runs(runs, root, must_not_train) == []
 
 
+def test_table_names_a_matmul_precision_other_than_float32():
+  runs = tables.table1_runs(_tiny, seeds=1, modalities=(2,))
+  cells = {(2, kind): {readout: [90.0] for readout in tables.READOUT_TITLES}
+           for kind in tables.KINDS}
+  assert 'precision' not in tables.table1_markdown(cells, runs)
+  for config in runs.values():
+    config.matmul_precision = 'tensorfloat32_emulated'
+  assert "Matmul precision: 'tensorfloat32_emulated'" in tables.table1_markdown(cells, runs)
+
+
 def _reproduce(*args):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
