@@ -1,0 +1,207 @@
+"""Where the time of one training iteration goes, from XLA's own trace of the jitted step.
+
+  python benchmarks/profile_step.py --config=configs/mnist_svhn.py [--steps=5] [--top=20]
+  python benchmarks/profile_step.py --config=configs/multimnist.py:modalities=2 --config.batch_size=128
+
+Runs the step of the config on device-resident random data (as benchmarks/run.py does), traces
+`--steps` iterations with jax.profiler, and prints per iteration:
+- the wall time, untraced and traced;
+- the time of the step's XLA operations by kind (matmuls and convolutions, copies and transposes,
+  everything else), by network and direction (forward or backward, from each operation's
+  source location), and the most expensive operations with their shapes;
+- XLA's FLOP count of the iteration and the rate it implies while matmuls run, per thread;
+- how busy the executing threads were (CPU: how long 0, 1 or 2+ of them ran operations).
+Times are summed over threads: on a 2-core CPU two operations run side by side, so the sums can
+exceed the wall time. Writes the trace (open it with TensorBoard's profile plugin or xprof) to
+--trace_dir and the summary to <trace_dir>/summary.json.
+"""
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import run as benchmarks
+from mmali_jax import networks
+from mmali_jax import train
+from mmali_jax import train_step
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
+flags.DEFINE_integer('steps', 5, 'Traced iterations.')
+flags.DEFINE_integer('top', 20, 'Most expensive operations listed.')
+flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new temporary folder).')
+FLAGS = flags.FLAGS
+
+_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([a-z][\w\-]*)\(')
+_SKIPPED_EVENTS = ('ThunkExecutor', 'end:', 'Slinky', 'ThreadpoolListener')
+
+
+def _instructions(hlo_text):
+  """name -> (shape, opcode, source op name, whether it is or fuses a matmul/convolution)."""
+  computations, current = collections.defaultdict(list), None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(' '):
+      current = line.split(' ')[1 if line.startswith('ENTRY') else 0].lstrip('%')
+    elif current:
+      computations[current].append(line)
+  has_matmul = lambda lines: any(' dot(' in l or ' convolution(' in l or 'custom_call_target="__'
+                                 in l for l in lines)
+  out = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    called = re.search(r'calls=%?([\w.\-]+)', line)
+    matmul = has_matmul([line]) or bool(called and has_matmul(computations[called.group(1)]))
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    out.setdefault(m.group(1), (m.group(2), m.group(3), op_name.group(1) if op_name else '',
+                                matmul))
+  return out
+
+
+def _kind(opcode, matmul):
+  if matmul:
+    return 'matmuls and convolutions'
+  if opcode in ('copy', 'transpose') or opcode.startswith('copy'):
+    return 'copies and transposes'
+  return 'elementwise, reductions, data movement'
+
+
+def _where(op_name):
+  """'forward|backward <network>' from an operation's source location."""
+  path = op_name.split('/', 1)[-1]
+  direction = 'backward' if 'transpose(' in path else 'forward'
+  parts = [p for p in re.sub(r'transpose\(|jvp\(|\)', '', path).split('/') if p]
+  network = next((p for p in parts if p.split('.')[0] in ('Generators', 'FactorizedDiscriminators',
+                                                          'MonolithicDiscriminator')), None)
+  if network is None:
+    return 'other (optimizer, sampler, losses)'
+  i = parts.index(network)
+  method = network.split('.')[-1]
+  return f'{direction} {method}/{parts[i + 1] if i + 1 < len(parts) else ""}'.rstrip('/')
+
+
+def _events(trace_dir):
+  """[(thread, start ps, end ps, operation name)] of the XLA operations in the trace."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  path = max(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True),
+             key=os.path.getmtime)  # this run's, where the folder holds earlier ones
+  space = xplane_pb2.XSpace()
+  with open(path, 'rb') as f:
+    space.ParseFromString(f.read())
+  events = []
+  for plane in space.planes:
+    names = {k: v.name for k, v in plane.event_metadata.items()}
+    for line in plane.lines:
+      cpu = plane.name == '/host:CPU' and line.name.startswith('tf_XLAEigen')
+      gpu = plane.name.startswith('/device:') and line.name == 'XLA Ops'
+      if not (cpu or gpu):
+        continue
+      for ev in line.events:
+        name = names.get(ev.metadata_id, '')
+        if not name.startswith(_SKIPPED_EVENTS):
+          start = line.timestamp_ns * 1000 + ev.offset_ps
+          events.append((f'{plane.name}/{line.id}', start, start + ev.duration_ps, name))
+  return events
+
+
+def _busy_threads(events):
+  """Shares of the traced span during which 0, 1, or 2 or more threads ran an operation."""
+  points = sorted([(s, 1, t) for t, s, _, _ in events] + [(e, -1, t) for t, _, e, _ in events])
+  running, share, last = collections.Counter(), collections.Counter(), points[0][0]
+  for t, delta, thread in points:
+    share[min(2, sum(1 for v in running.values() if v > 0))] += t - last
+    running[thread] += delta  # a counter per thread: events may nest
+    last = t
+  total = sum(share.values())
+  return {('2 or more' if k == 2 else str(k)): round(v / total, 3)
+          for k, v in sorted(share.items())}
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  mods, gen, disc = networks.build(config)
+  mesh = train.make_mesh(config)
+  fn, shardings = train.compile_train_steps(config, gen, disc, mods, mesh)
+  state = jax.device_put(train_step.create_train_state(config, gen, disc, mods),
+                         shardings.replicated)
+  data = jax.device_put(benchmarks._random_data(config, mods), shardings.replicated)  # pylint: disable=protected-access
+  compiled = fn.lower(state, data, 1).compile()
+  instructions = _instructions(compiled.as_text())
+  flops = compiled.cost_analysis().get('flops', float('nan'))
+
+  def run(n):
+    nonlocal state
+    start = time.perf_counter()
+    for _ in range(n):
+      state, metrics = compiled(state, data)
+      jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / n
+
+  run(3)
+  wall = run(max(FLAGS.steps, 10))
+  trace_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix='mmali_profile_')
+  with jax.profiler.trace(trace_dir):
+    traced = run(FLAGS.steps)
+  events = _events(trace_dir)
+  per_op = collections.Counter()
+  for _, start, end, name in events:
+    per_op[name] += (end - start) / 1e9 / FLAGS.steps  # ms per iteration
+  by_kind, by_where = collections.Counter(), collections.Counter()
+  for name, ms in per_op.items():
+    shape, opcode, op_name, matmul = instructions.get(name, ('?', '?', '', False))
+    by_kind[_kind(opcode, matmul)] += ms
+    by_where[_where(op_name)] += ms
+  total = sum(per_op.values())
+  top = [dict(op=n, ms=round(ms, 2), shape=instructions.get(n, ('?',))[0],
+              source=instructions.get(n, ('', '', ''))[2].split('/', 1)[-1][:100])
+         for n, ms in per_op.most_common(FLAGS.top)]
+  matmul_ms = by_kind['matmuls and convolutions']
+  summary = dict(device=benchmarks.device_name(), wall_ms=round(1000 * wall, 1),
+                 traced_wall_ms=round(1000 * traced, 1), operations_ms=round(total, 1),
+                 gflop_per_iteration=round(flops / 1e9, 2),
+                 # Nearly all of XLA's FLOPs are in matmuls and convolutions: their rate while one
+                 # runs, per thread.
+                 matmul_gflop_per_s_per_thread=round(flops / 1e6 / matmul_ms, 1) if matmul_ms
+                 else None,
+                 by_kind={k: round(v, 1) for k, v in by_kind.most_common()},
+                 by_network={k: round(v, 1) for k, v in by_where.most_common()},
+                 busy_threads=_busy_threads(events), top_operations=top, trace_dir=trace_dir)
+  with open(os.path.join(trace_dir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  print(f'{summary["device"]}: {summary["wall_ms"]} ms per iteration ({summary["traced_wall_ms"]} '
+        f'traced); XLA operations {summary["operations_ms"]} ms summed over threads')
+  print(f'XLA counts {summary["gflop_per_iteration"]} GFLOP per iteration: '
+        f'{summary["matmul_gflop_per_s_per_thread"]} GFLOP/s per thread while matmuls and '
+        'convolutions run')
+  print('threads running operations (share of the traced time):', summary['busy_threads'])
+  for title, table in (('by kind', by_kind), ('by network', by_where)):
+    print(f'\n{title}:')
+    for k, v in table.most_common():
+      print(f'  {v:8.1f} ms  {100 * v / total:5.1f}%  {k}')
+  print(f'\ntop {FLAGS.top} operations:')
+  for row in top:
+    print(f'  {row["ms"]:7.2f} ms  {row["op"]:28s} {row["shape"]:28s} {row["source"]}')
+  print(f'\ntrace and summary.json: {trace_dir}')
+
+
+if __name__ == '__main__':
+  np.set_printoptions(precision=3)
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
