@@ -111,8 +111,8 @@ def donates_state(mesh):
   """Whether the step updates the state in place (donating it), which saves a second copy of it
   in device memory. Not on CPU: there the in-place updates order the step's operations (each
   parameter may be overwritten only after its last read, and XLA copies those it cannot order),
-  so fewer of them run side by side on the cores, and the step was 12-18% slower on a 2-core
-  Xeon (MultiMNIST, both discriminator kinds); memory is no constraint there."""
+  so fewer of them run side by side on the cores: without donation the MultiMNIST step took
+  12-19% less time on a 2-core Xeon (docs/performance.md); memory is no constraint there."""
   return mesh.devices.flat[0].platform != 'cpu'
 
 
