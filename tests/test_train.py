@@ -130,15 +130,29 @@ def test_dispatches_stop_at_every_logging_checkpoint_and_evaluation_step():
   assert train.dispatch_sizes(0, 9, 4, boundaries=(100,)) == [(0, 4), (4, 4), (8, 1)]
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
-  config = small_config('multimnist', 'modalities=2', num_train_steps=4)
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+  """Stopped and re-run, as on CPU and as the loop runs on GPUs and TPUs (the state donated to
+  every call, so checkpoints, samples and resuming must read no donated buffer; two iterations
+  per call)."""
+  config = small_config('multimnist', 'modalities=2', num_train_steps=4, log_every_steps=2)
+
+  def stopped_and_rerun(workdir):
+    config.num_train_steps = 2  # stop after 2 steps ...
+    train.train_and_evaluate(config, workdir)
+    config.num_train_steps = 4  # ... and re-run the same command on the same workdir
+    return _params(train.train_and_evaluate(config, workdir))
+
   with tfds.testing.mock_data(num_examples=24):
     uninterrupted = _params(train.train_and_evaluate(config, str(tmp_path / 'full')))
-    config.num_train_steps = 2  # stop after 2 steps ...
-    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
-    config.num_train_steps = 4  # ... and re-run the same command on the same workdir
-    resumed = _params(train.train_and_evaluate(config, str(tmp_path / 'resumed')))
+    resumed = stopped_and_rerun(str(tmp_path / 'resumed'))
+    monkeypatch.setattr(train, 'donates_state', lambda mesh: True)
+    config.steps_per_dispatch = 2
+    accelerator_loop = stopped_and_rerun(str(tmp_path / 'accelerator_loop'))
   _assert_trees_close(uninterrupted, resumed, rtol=1e-6, atol=1e-7)
+  _assert_same_training(uninterrupted, accelerator_loop, steps=4,
+                        learning_rate=config.optim.learning_rate)
+  assert sorted(os.listdir(tmp_path / 'accelerator_loop' / 'samples')) == [
+      'step_0000002.png', 'step_0000004.png']
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
