@@ -1,18 +1,24 @@
-"""The profile's bookkeeping: where an operation belongs, how busy the threads were."""
-import importlib.util
+"""The benchmarks' bookkeeping: where an operation belongs, how busy the threads were, how many
+kernels a GPU iteration launches."""
+import importlib
+import sys
 
 import pytest
 
 from tests.conftest import ROOT
 
 
+def _benchmark(name):
+  """benchmarks/<name>.py, imported as the scripts import each other (once per process: their
+  flags may be defined only once)."""
+  if str(ROOT / 'benchmarks') not in sys.path:
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+  return importlib.import_module(name)
+
+
 @pytest.fixture(scope='module')
 def profile_step():
-  spec = importlib.util.spec_from_file_location('profile_step',
-                                                ROOT / 'benchmarks' / 'profile_step.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _benchmark('profile_step')
 
 
 def test_operations_are_attributed_to_network_and_direction(profile_step):
@@ -53,3 +59,46 @@ def test_busy_threads_counts_overlap_and_nesting(profile_step):
   shares = profile_step._busy_threads(events)  # pylint: disable=protected-access
   assert shares == {'0': pytest.approx(0.2), '1': pytest.approx(0.55),
                     '2 or more': pytest.approx(0.25)}
+
+
+def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
+  gpu_kernels = _benchmark('gpu_kernels')
+  # The call's loop (3 trips) holds one iteration: 2 fusions (one a power iteration of the
+  # discriminator D0 of modality 0), a cuDNN call returning a tuple, a copy, free bitcasts and
+  # tuple accesses, and a cycle-walking loop of unknown trip count with one fusion per trip.
+  power = ('jit(train_steps)/while/body/jvp(FactorizedDiscriminators.unimodal)/d0_0mnist/'
+           'SpectralNorm_0/power_iteration/dot_general')
+  hlo = '\n'.join([
+      'HloModule m', '',
+      '%walk_body (p: u32[8]) -> u32[8] {',
+      '  %p = u32[8]{0} parameter(0)',
+      '  ROOT %fusion.9 = u32[8]{0} fusion(%p), kind=kLoop, calls=%f9',
+      '}', '',
+      '%iteration (s: (s32[], f32[4,4], u32[8])) -> (s32[], f32[4,4], u32[8]) {',
+      '  %s = (s32[], f32[4,4]{1,0}, u32[8]{0}) parameter(0)',
+      '  %w = f32[4,4]{1,0} get-tuple-element(%s), index=1',
+      '  %b = f32[16]{0} bitcast(%w)',
+      f'  %fusion.1 = f32[4]{{0}} fusion(%w), kind=kCustom, calls=%f1, '
+      f'metadata={{op_name="{power}"}}',
+      '  %fusion.2 = (f32[4,4]{1,0}, f32[4]{0}) fusion(%w, %fusion.1), kind=kInput, calls=%f2, '
+      'metadata={op_name="jit(train_steps)/while/body/add"}',
+      '  %cudnn = (f32[4,4]{1,0}, u8[0]{0}) custom-call(%w), custom_call_target="__cudnn$convForward"',
+      '  %copy.3 = f32[4,4]{0,1} copy(%w)',
+      '  %u = u32[8]{0} get-tuple-element(%s), index=2',
+      '  %walk = u32[8]{0} while(%u), condition=%walk_cond, body=%walk_body',
+      '  ROOT %t = (s32[], f32[4,4]{1,0}, u32[8]{0}) tuple(%s, %copy.3, %walk)',
+      '}', '',
+      'ENTRY %main (a: (s32[], f32[4,4], u32[8])) -> (s32[], f32[4,4], u32[8]) {',
+      '  %a = (s32[], f32[4,4]{1,0}, u32[8]{0}) parameter(0)',
+      '  ROOT %loop = (s32[], f32[4,4]{1,0}, u32[8]{0}) while(%a), condition=%c, body=%iteration, '
+      'backend_config={"known_trip_count":{"n":"3"},"known_init_step":{"init":"0","step":"1"}}',
+      '}'])
+  counts = gpu_kernels.count_kernels(hlo, steps_per_dispatch=3)
+  assert counts['kernels'] == 4
+  assert counts['by opcode'] == {'fusions': 2, 'library calls': 1, 'copies': 1}
+  assert counts['spectral-norm power iterations'] == 1
+  assert counts['by network'] == {'other (optimizer, sampler, losses)': 3,
+                                  'forward unimodal/d0_0mnist': 1}
+  assert counts['data-dependent loops'] == 1 and counts['kernels per trip of those loops'] == 1
+  with pytest.raises(ValueError, match='one loop of 100 trips, found 0'):
+    gpu_kernels.count_kernels(hlo, steps_per_dispatch=100)

@@ -32,7 +32,8 @@ def power_iteration(kernel, u):
   """One power iteration on the kernel as a matrix [-1, out]: -> (new u, sigma).
 
   sigma = v W u^T carries the gradient v^T u with respect to the kernel (u, v held constant)."""
-  new_u, sigma = _power_iteration(kernel.reshape(-1, kernel.shape[-1]), u[0])
+  with jax.named_scope('power_iteration'):  # named in profiles and kernel counts
+    new_u, sigma = _power_iteration(kernel.reshape(-1, kernel.shape[-1]), u[0])
   return new_u[None], sigma
 
 

@@ -1,0 +1,199 @@
+"""How many kernels one training iteration launches on a GPU, found without a GPU.
+
+  pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"   # compiles, needs no GPU
+  python benchmarks/gpu_kernels.py [--gpu=h200] [--cases=MultiMNIST] [--steps_per_dispatch=100]
+
+XLA compiles each benchmark case's training steps (`steps_per_dispatch` iterations in one call, as
+training runs on accelerators, the state donated) for the described GPU through JAX's deviceless
+compilation, and this script counts, in the loop body that is one iteration, the operations that
+become kernels: fusions (XLA's own kernels and its Triton matmuls), library calls (cuBLAS,
+cuDNN), copies and collectives, by network and direction (as benchmarks/profile_step.py
+attributes them); and the loops nested in an iteration whose trip count depends on data (each
+trip waits for the device unless the loop runs inside a CUDA graph). At the paper's batch of 64
+most kernels are tiny, so on a GPU an iteration costs about its number of kernels times a few
+microseconds as much as its FLOPs: the count is what a GPU iteration's time can be judged by
+before a GPU is at hand. XLA cannot autotune without a device; the count does not depend on it.
+
+Writes <out_dir>/gpu-kernels-<gpu>.json and .md and prints the table.
+"""
+import collections
+import json
+import os
+import re
+import sys
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+import jax
+from jax.experimental import topologies
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import profile_step
+import run as benchmarks
+from mmali_jax import networks
+from mmali_jax import train
+from mmali_jax import train_step
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+# XLA's GPU target descriptions (Compiler::TargetConfig as text), from the published H100 SXM
+# figures; the H200 is the same chip with more and faster memory.
+_H100 = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: %d l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: %d shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 9 }
+device_description_str: "%s"
+"""
+GPUS = {
+    'h100': _H100 % (3352320000000, 84929347584, 'NVIDIA H100 80GB HBM3'),
+    'h200': _H100 % (4800000000000, 150754820096, 'NVIDIA H200'),
+}
+
+flags.DEFINE_enum('gpu', 'h200', sorted(GPUS), 'The GPU to compile for.')
+flags.DEFINE_integer('steps_per_dispatch', 100, 'Iterations per call, as training on a GPU '
+                     '(at least 2: the iteration is found as the body of their loop).',
+                     lower_bound=2)
+flags.DEFINE_integer('networks', 6, 'Networks and directions listed per case, by kernels.')
+FLAGS = flags.FLAGS  # --cases and --out_dir: benchmarks/run.py's
+
+_KERNEL_OPCODES = {'fusion': 'fusions', 'custom-call': 'library calls', 'copy': 'copies',
+                   'all-reduce': 'collectives', 'all-gather': 'collectives',
+                   'reduce-scatter': 'collectives'}
+_HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
+_OPCODE = re.compile(r'^\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(')  # shapes may be tuples
+
+
+def computations(hlo_text):
+  """{computation name: [instruction lines]} of an HLO module's text."""
+  out, current = {}, None
+  for line in hlo_text.splitlines():
+    header = _HEADER.match(line)
+    if header and line.rstrip().endswith('{'):
+      current = out.setdefault(header.group(1), [])
+    elif line.startswith('}'):
+      current = None
+    elif current is not None and line.strip():
+      current.append(line)
+  return out
+
+
+def _loops(lines):
+  """[(body, trip count or None where it depends on data)] of the while loops among `lines`."""
+  out = []
+  for line in lines:
+    if ' while(' in line:
+      trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+      out.append((re.search(r'body=%?([\w.\-]+)', line).group(1),
+                  int(trips.group(1)) if trips else None))
+  return out
+
+
+def count_kernels(hlo_text, steps_per_dispatch):
+  """The kernels of one iteration: the body of the loop that runs `steps_per_dispatch` times.
+
+  -> {'kernels': n, 'by opcode': {...}, 'spectral-norm power iterations': n (of the kernels),
+      'by network': {...}, 'data-dependent loops': n,
+      'kernels per trip of those loops': n}
+  """
+  comps = computations(hlo_text)
+  bodies = [body for lines in comps.values() for body, trips in _loops(lines)
+            if trips == steps_per_dispatch]
+  if len(bodies) != 1:
+    raise ValueError(f'Expected one loop of {steps_per_dispatch} trips, found {len(bodies)}.')
+  lines = comps[bodies[0]]
+  by_opcode, by_network, power_iterations = collections.Counter(), collections.Counter(), 0
+  for line in lines:
+    m = _OPCODE.match(line)
+    if not m or m.group(1) not in _KERNEL_OPCODES:
+      continue
+    by_opcode[_KERNEL_OPCODES[m.group(1)]] += 1
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    power_iterations += bool(op_name and 'power_iteration' in op_name.group(1))
+    by_network[profile_step._where(op_name.group(1) if op_name else '')] += 1  # pylint: disable=protected-access
+  inner = [body for body, trips in _loops(lines) if trips is None]
+  inner_kernels = sum(1 for body in inner for line in comps[body]
+                      if (m := _OPCODE.match(line)) and m.group(1) in _KERNEL_OPCODES)
+  return {'kernels': sum(by_opcode.values()), 'by opcode': dict(by_opcode.most_common()),
+          'spectral-norm power iterations': power_iterations,
+          'by network': dict(by_network.most_common()), 'data-dependent loops': len(inner),
+          'kernels per trip of those loops': inner_kernels}
+
+
+def compile_for_gpu(config, gpu, steps_per_dispatch):
+  """The optimised HLO of the config's training steps, compiled for `gpu` on one device."""
+  try:
+    topology = topologies.get_topology_desc(platform='cuda', target_config=GPUS[gpu],
+                                            topology='1x1x1')
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(f'Cannot compile for a GPU here ({type(e).__name__}: {e}). Install JAX\'s '
+                     f'CUDA plugin for this JAX: pip install "jax[cuda12]=={jax.__version__}" '
+                     '(no GPU needed).') from None
+  mesh = jax.sharding.Mesh(np.array(topology.devices[:1]), ('data',))
+  mods, gen, disc = networks.build(config)
+  shardings = train.make_shardings(mesh)
+  fn = jax.jit(train_step.make_train_steps(config, gen, disc, mods, shardings), static_argnums=2,
+               in_shardings=(shardings.replicated, shardings.replicated),
+               out_shardings=(shardings.replicated, shardings.replicated), donate_argnums=0)
+  spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings.replicated)
+  state = jax.tree.map(spec, jax.eval_shape(
+      lambda: train_step.create_train_state(config, gen, disc, mods)))
+  data = jax.tree.map(spec, benchmarks._random_data(config, mods))  # pylint: disable=protected-access
+  return fn.lower(state, data, steps_per_dispatch).compile().as_text()
+
+
+def table(results, gpu, steps_per_dispatch, top):
+  lines = [f'Kernels per training iteration compiled for one {gpu.upper()} (jax {jax.__version__}, '
+           f'batch 64, {steps_per_dispatch} iterations per call; `python benchmarks/gpu_kernels.py '
+           f'--gpu={gpu}`)', '',
+           '| case | kernels per iteration | fusions | library calls | copies | of which in '
+           'spectral-norm power iterations | data-dependent loops (kernels per trip) | '
+           'most kernels |',
+           '|---|---|---|---|---|---|---|---|']
+  for name, r in results.items():
+    ops = r['by opcode']
+    most = ', '.join(f'{k} {v}' for k, v in list(r['by network'].items())[:top])
+    lines.append(f"| {name} | {r['kernels']} | {ops.get('fusions', 0)} | "
+                 f"{ops.get('library calls', 0)} | {ops.get('copies', 0)} | "
+                 f"{r['spectral-norm power iterations']} | "
+                 f"{r['data-dependent loops']} ({r['kernels per trip of those loops']}) | {most} |")
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  del argv
+  jax.config.update('jax_platforms', 'cpu')  # compile for the GPU, run nothing on one
+  selected = [s.strip() for s in FLAGS.cases.split(',') if s.strip()]
+  results = {}
+  for name, config_name, arg in benchmarks.CASES:
+    if selected and not any(s in name for s in selected):
+      continue
+    config = benchmarks._load_config(config_name, arg)  # pylint: disable=protected-access
+    hlo = compile_for_gpu(config, FLAGS.gpu, FLAGS.steps_per_dispatch)
+    results[name] = count_kernels(hlo, FLAGS.steps_per_dispatch)
+    print(f"{name}: {results[name]['kernels']} kernels per iteration", flush=True)
+  text = table(results, FLAGS.gpu, FLAGS.steps_per_dispatch, FLAGS.networks)
+  print(text)
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  base = os.path.join(FLAGS.out_dir, f'gpu-kernels-{FLAGS.gpu}')
+  with open(base + '.json', 'w') as f:
+    json.dump({'gpu': FLAGS.gpu, 'jax': jax.__version__,
+               'steps_per_dispatch': FLAGS.steps_per_dispatch, 'cases': results}, f, indent=2)
+  with open(base + '.md', 'w') as f:
+    f.write(text)
+
+
+if __name__ == '__main__':
+  app.run(main)
