@@ -143,10 +143,7 @@ def compile_for_gpu(config, gpu, steps_per_dispatch):
                      '(no GPU needed).') from None
   mesh = jax.sharding.Mesh(np.array(topology.devices[:1]), ('data',))
   mods, gen, disc = networks.build(config)
-  shardings = train.make_shardings(mesh)
-  fn = jax.jit(train_step.make_train_steps(config, gen, disc, mods, shardings), static_argnums=2,
-               in_shardings=(shardings.replicated, shardings.replicated),
-               out_shardings=(shardings.replicated, shardings.replicated), donate_argnums=0)
+  fn, shardings = train.compile_train_steps(config, gen, disc, mods, mesh)
   spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings.replicated)
   state = jax.tree.map(spec, jax.eval_shape(
       lambda: train_step.create_train_state(config, gen, disc, mods)))
