@@ -72,22 +72,7 @@ FLAGS = flags.FLAGS  # --cases and --out_dir: benchmarks/run.py's
 _KERNEL_OPCODES = {'fusion': 'fusions', 'custom-call': 'library calls', 'copy': 'copies',
                    'all-reduce': 'collectives', 'all-gather': 'collectives',
                    'reduce-scatter': 'collectives'}
-_HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
 _OPCODE = re.compile(r'^\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(')  # shapes may be tuples
-
-
-def computations(hlo_text):
-  """{computation name: [instruction lines]} of an HLO module's text."""
-  out, current = {}, None
-  for line in hlo_text.splitlines():
-    header = _HEADER.match(line)
-    if header and line.rstrip().endswith('{'):
-      current = out.setdefault(header.group(1), [])
-    elif line.startswith('}'):
-      current = None
-    elif current is not None and line.strip():
-      current.append(line)
-  return out
 
 
 def _loops(lines):
@@ -108,7 +93,7 @@ def count_kernels(hlo_text, steps_per_dispatch):
       'by network': {...}, 'data-dependent loops': n,
       'kernels per trip of those loops': n}
   """
-  comps = computations(hlo_text)
+  comps = profile_step.computations(hlo_text)
   bodies = [body for lines in comps.values() for body, trips in _loops(lines)
             if trips == steps_per_dispatch]
   if len(bodies) != 1:

@@ -48,17 +48,27 @@ flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new tem
 FLAGS = flags.FLAGS
 
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([a-z][\w\-]*)\(')
+_HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
 _SKIPPED_EVENTS = ('ThunkExecutor', 'end:', 'Slinky', 'ThreadpoolListener')
+
+
+def computations(hlo_text):
+  """{computation name: [instruction lines]} of an HLO module's text."""
+  out, current = {}, None
+  for line in hlo_text.splitlines():
+    header = _HEADER.match(line)
+    if header and line.rstrip().endswith('{'):
+      current = out.setdefault(header.group(1), [])
+    elif line.startswith('}'):
+      current = None
+    elif current is not None and line.strip():
+      current.append(line)
+  return out
 
 
 def _instructions(hlo_text):
   """name -> (shape, opcode, source op name, whether it is or fuses a matmul/convolution)."""
-  computations, current = collections.defaultdict(list), None
-  for line in hlo_text.splitlines():
-    if line and not line.startswith(' '):
-      current = line.split(' ')[1 if line.startswith('ENTRY') else 0].lstrip('%')
-    elif current:
-      computations[current].append(line)
+  bodies = computations(hlo_text)
   has_matmul = lambda lines: any(' dot(' in l or ' convolution(' in l or 'custom_call_target="__'
                                  in l for l in lines)
   out = {}
@@ -67,7 +77,7 @@ def _instructions(hlo_text):
     if not m:
       continue
     called = re.search(r'calls=%?([\w.\-]+)', line)
-    matmul = has_matmul([line]) or bool(called and has_matmul(computations[called.group(1)]))
+    matmul = has_matmul([line]) or bool(called and has_matmul(bodies.get(called.group(1), [])))
     op_name = re.search(r'op_name="([^"]*)"', line)
     out.setdefault(m.group(1), (m.group(2), m.group(3), op_name.group(1) if op_name else '',
                                 matmul))

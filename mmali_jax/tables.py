@@ -133,6 +133,7 @@ def _precision(runs):
 
 def table1_markdown(cells, runs):
   some = next(iter(runs.values()))
+  precision = _precision(runs)
   ms = sorted({m for m, _ in cells})
   seeds = sorted({c.seed for c in runs.values()})
   lines = ['# Table 1: MultiMNIST, linear probe on the upright modality\'s latent (%)', '',
@@ -140,8 +141,8 @@ def table1_markdown(cells, runs):
            f'seeds {seeds}; mean ± sample standard deviation over seeds (n runs per cell); '
            f'probe: {default_config.eval_config(some).probe_epochs} epochs. The paper\'s value '
            'is in brackets; it reports a single number per cell, from the reference protocol.'
-           + (f' Matmul precision: {_precision(runs)} (docs/algorithm.md §5.3).'
-              if _precision(runs) else ''), '']
+           + (f' Matmul precision: {precision} (docs/algorithm.md §5.3).' if precision else ''),
+           '']
   for readout, title in READOUT_TITLES.items():
     lines += [f'## {title}', '', '| discriminator | ' + ' | '.join(f'M = {m}' for m in ms) + ' |',
               '|---|' + '---|' * len(ms)]
@@ -178,9 +179,10 @@ def table1_figure(cells, runs, path):
   axes[0][0].set_ylim(0, 100)
   axes[0][-1].legend(loc='lower right', fontsize=8)
   steps = int(next(iter(runs.values())).num_train_steps)
+  precision = _precision(runs)
   fig.suptitle(f'Table 1, {steps:,} steps per run (paper: 250,000); bars: mean over seeds, '
                'error bars: standard deviation, black marks: the paper'
-               + (f'; matmul precision: {_precision(runs)}' if _precision(runs) else ''),
+               + (f'; matmul precision: {precision}' if precision else ''),
                fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
