@@ -16,9 +16,14 @@ import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 # One persistent compilation cache for the session: many tests train the same small configs, and
-# programs that differ only in their inputs' values compile once.
+# programs that differ only in their inputs' values compile once. Most of the suite's time is XLA
+# compiling, so pytest-xdist's workers (`-n 2`) share it: they inherit the environment of the
+# process that loaded this file first. (An entry read while another worker writes it fails to
+# decompress, and JAX compiles it again with a warning.)
 if not jax.config.jax_compilation_cache_dir:
-  jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp(prefix='mmali_test_xla_'))
+  if 'MMALI_TEST_XLA_CACHE' not in os.environ:
+    os.environ['MMALI_TEST_XLA_CACHE'] = tempfile.mkdtemp(prefix='mmali_test_xla_')
+  jax.config.update('jax_compilation_cache_dir', os.environ['MMALI_TEST_XLA_CACHE'])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

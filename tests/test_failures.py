@@ -85,14 +85,14 @@ def _assert_bitwise_equal(a, b):
   assert not different, different[:5]
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def cache():
   """The session's compilation cache (conftest), shared with the commands run here."""
   import jax  # pylint: disable=g-import-not-at-top
   return jax.config.jax_compilation_cache_dir
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def uninterrupted(tmp_path_factory, cache):
   """The command's run, uninterrupted (in a process of its own too: XLA:CPU compiles for the
   process's device count, and bitwise equality needs the same program)."""
@@ -154,7 +154,7 @@ def _damage(workdir, step, how):
     os.makedirs(os.path.join(folder, 'ema'))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def four_steps(tmp_path_factory):
   """A run of 4 steps with checkpoints at 2 and 4, and its final generator weights."""
   workdir = str(tmp_path_factory.mktemp('four_steps'))
@@ -162,6 +162,7 @@ def four_steps(tmp_path_factory):
   return workdir, train.distributed.local(_train(config, workdir).gen_params)
 
 
+@pytest.mark.xdist_group('four_steps')  # one worker runs the fixture's training once
 @pytest.mark.parametrize('how', ['truncated files', 'a missing item', 'no commit'])
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, how, four_steps):
   config = small_config('multimnist', num_train_steps=4, checkpoint_every_steps=2)

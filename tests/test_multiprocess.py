@@ -12,7 +12,10 @@ import pytest
 from tests.conftest import ROOT
 from tests.conftest import small_config
 
-pytestmark = pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives')
+pytestmark = [pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives'),
+              # One worker of `pytest -n` runs the module: its runs are shared (session-scoped, so
+              # that the worker running other modules' tests in between keeps them).
+              pytest.mark.xdist_group('multiprocess')]
 
 
 def _free_port():
@@ -21,7 +24,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def cache(tmp_path_factory):
   """A compilation cache shared by the jobs: the same shapes on the same devices compile once."""
   return str(tmp_path_factory.mktemp('xla_cache'))
@@ -44,7 +47,7 @@ def _train_here(workdir, steps, num_devices):
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def eight_devices(tmp_path_factory):
   """The single-process, 8-device run of 4 steps that the multi-process runs must reproduce."""
   return _train_here(str(tmp_path_factory.mktemp('eight')), 4, num_devices=8)
@@ -90,30 +93,45 @@ def _assert_same_training(a, b, steps, learning_rate=2e-4):
   assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)
 
 
-def test_two_processes_train_as_one_process(tmp_path, cache, eight_devices):
-  two = _train(str(tmp_path / 'two'), 4, processes=2, devices=4, cache=cache)
+@pytest.fixture(scope='session')
+def two_processes(tmp_path_factory, cache):
+  """A 2-process x 4-device run of 4 steps: (its workdir, process 0's final parameters)."""
+  workdir = str(tmp_path_factory.mktemp('two'))
+  return workdir, _train(workdir, 4, processes=2, devices=4, cache=cache)
+
+
+def test_two_processes_train_as_one_process(tmp_path, two_processes, eight_devices):
+  workdir, two = two_processes
   one = _train_here(str(tmp_path / 'one'), 4, num_devices=1)
   _assert_same_training(two, eight_devices, steps=4)
   _assert_same_training(two, one, steps=4)
   # Only process 0 wrote logs, images and config.json.
-  files = os.listdir(tmp_path / 'two')
+  files = os.listdir(workdir)
   assert len([f for f in files if f.startswith('events.out.tfevents')]) == 1
   assert 'config.json' in files and 'loss_curves.png' in files
-  assert sorted(os.listdir(tmp_path / 'two' / 'samples')) == ['step_0000002.png',
-                                                               'step_0000004.png']
-  assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['2', '4']
+  assert sorted(os.listdir(os.path.join(workdir, 'samples'))) == ['step_0000002.png',
+                                                                  'step_0000004.png']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
 
 
-def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, cache, eight_devices):
-  _train(str(tmp_path / 'first_half'), 2, processes=2, devices=4, cache=cache)
+def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, cache, two_processes,
+                                                           eight_devices):
+  """The 2-process run stopped after its checkpoint of step 2, resumed to step 4."""
   for processes in (1, 2):
     workdir = tmp_path / f'resumed_by_{processes}'
-    shutil.copytree(tmp_path / 'first_half', workdir)
+    shutil.copytree(two_processes[0], workdir)
+    shutil.rmtree(workdir / 'checkpoints' / '4')
+    shutil.rmtree(workdir / 'samples')
+    for name in os.listdir(workdir):
+      if name.startswith('params_process'):
+        os.remove(workdir / name)
     if processes == 1:
       resumed = _train_here(str(workdir), 4, num_devices=8)
     else:
       resumed = _train(str(workdir), 4, processes=2, devices=4, cache=cache)
     _assert_same_training(resumed, eight_devices, steps=4)
+    # It went on from step 2: a run started afresh would have drawn step 2's samples again.
+    assert os.listdir(workdir / 'samples') == ['step_0000004.png']
 
 
 def test_processes_with_different_configs_stop_before_training(tmp_path, cache):
