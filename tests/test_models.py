@@ -10,8 +10,9 @@ from tests.conftest import load_config
 
 
 def _init(config, jit=False):
-  """jit: one compiled program, faster for the CNNs than Flax's initialisation run op by op
-  (hundreds of small programs), slower for the MLPs."""
+  """jit: one compiled program. For the CNNs it is faster than Flax's initialisation run op by
+  op (hundreds of small programs); for the MLPs, whose operations earlier tests have compiled
+  already, it is slower."""
   mods, gen, disc = networks.build(config)
   xs, zs, disc_inputs = networks.dummy_inputs(mods, config, batch_size=3)
   maybe_jit = jax.jit if jit else lambda f: f
