@@ -57,6 +57,13 @@ def small_config(name, arg=None, **overrides):
   return config
 
 
+@pytest.fixture(scope='session')
+def cache():
+  """The session's compilation cache, for the commands tests run in subprocesses: the same
+  programs compile once."""
+  return jax.config.jax_compilation_cache_dir
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
   """Tests never download: a missing dataset behaves as on a machine without internet (tests of

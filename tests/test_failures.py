@@ -86,13 +86,6 @@ def _assert_bitwise_equal(a, b):
 
 
 @pytest.fixture(scope='session')
-def cache():
-  """The session's compilation cache (conftest), shared with the commands run here."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.config.jax_compilation_cache_dir
-
-
-@pytest.fixture(scope='session')
 def uninterrupted(tmp_path_factory, cache):
   """The command's run, uninterrupted (in a process of its own too: XLA:CPU compiles for the
   process's device count, and bitwise equality needs the same program)."""

@@ -24,12 +24,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope='session')
-def cache(tmp_path_factory):
-  """A compilation cache shared by the jobs: the same shapes on the same devices compile once."""
-  return str(tmp_path_factory.mktemp('xla_cache'))
-
-
 def _train_here(workdir, steps, num_devices):
   """The worker's run, in this process (8 CPU devices, see conftest): one process x K devices."""
   import jax  # pylint: disable=g-import-not-at-top
