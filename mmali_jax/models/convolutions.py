@@ -3,17 +3,19 @@
 `Conv` and `ConvTranspose` hold the same parameters as `flax.linen.Conv` / `ConvTranspose`
 (kernel [k, k, in, out] and bias, created in that order, so they initialise identically) and
 compute the same function. On accelerators they call XLA's convolutions. On CPU, XLA runs
-strided convolutions' input gradients and transposed convolutions as convolutions over
-zero-dilated inputs, about 4 times the arithmetic and many times the time of the rest
-(docs/algorithm.md §6.1 has the measurements), so there the same sums are computed as matmuls:
+strided convolutions' input gradients and transposed convolutions' kernel gradients as
+convolutions over zero-dilated inputs, about 4 times the arithmetic and many times the time of
+the rest (docs/algorithm.md §6.1 has the measurements), so there those sums are computed as
+matmuls:
 
 - stride 2, even k: pad, space-to-depth (2x2 blocks become channels), then a stride-1 k/2 x k/2
   convolution, done as one matmul over its k/2 * k/2 shifted windows; with many input channels
   only the input gradient takes this form (XLA's own strided forward and kernel gradient are
   faster there);
 - a k x k window over a k x k input (the last encoder layer): one matmul;
-- transposed, stride 2, k = 4: the sub-pixel form: each of the 4 output phases is a 2x2
-  convolution of the input padded by 1, all 4 in one matmul, then interleaved;
+- transposed, stride 2, k = 4: XLA's forward and input gradient, and the kernel gradient of the
+  sub-pixel form (each of the 4 output phases is a 2x2 convolution of the input padded by 1, all
+  4 in one matmul, then interleaved);
 - transposed, 1x1 input (the first decoder layer): one matmul with the spatially flipped kernel.
 
 Only the order of the float additions differs from XLA's convolutions.
@@ -113,18 +115,50 @@ def conv_transpose2d(x, kernel, stride, padding, impl='auto'):
       flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c, k * k * o)
       return (x.reshape(b, c) @ flipped).reshape(b, k, k, o)
     if stride == 2 and k == 4 and padding == 1:
-      # Output pixel (2q + r, 2p + s) = sum over t, u in {0, 1} of
-      # x_padded[q + r + t, p + s + u] . kernel[r + 2t, s + 2u]: phase (r, s) is a 2x2
-      # convolution read at an offset of (r, s).
-      xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-      phases = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # t, u, c, r, s, o
-      z = _windows_matmul(xp, phases.reshape(2, 2, c, 4 * o)).reshape(b, h + 1, w + 1, 2, 2, o)
-      rows = [jnp.stack([z[:, r:r + h, s:s + w, r, s] for s in range(2)], axis=3)
-              for r in range(2)]  # each [b, h, w, 2 (s), o]
-      return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)
-  pad = k - 1 - padding
+      return _transposed_conv(x, kernel)
+  return _xla_conv_transpose(x, kernel, stride, padding)
+
+
+def _xla_conv_transpose(x, kernel, stride, padding):
+  pad = kernel.shape[0] - 1 - padding
   return lax.conv_transpose(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
                             dimension_numbers=_DIMENSIONS)
+
+
+def _sub_pixel_conv_transpose(x, kernel):
+  """The transposed convolution k = 4, stride 2, padding 1 in its sub-pixel form.
+
+  Output pixel (2q + r, 2p + s) = sum over t, u in {0, 1} of x_padded[q + r + t, p + s + u] .
+  kernel[r + 2t, s + 2u]: phase (r, s) is a 2x2 convolution read at an offset of (r, s)."""
+  _, _, c, o = kernel.shape
+  b, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  phases = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # t, u, c, r, s, o
+  z = _windows_matmul(xp, phases.reshape(2, 2, c, 4 * o)).reshape(b, h + 1, w + 1, 2, 2, o)
+  rows = [jnp.stack([z[:, r:r + h, s:s + w, r, s] for s in range(2)], axis=3)
+          for r in range(2)]  # each [b, h, w, 2 (s), o]
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)
+
+
+@jax.custom_vjp
+def _transposed_conv(x, kernel):
+  """The transposed convolution k = 4, stride 2, padding 1: XLA's forward and input gradient
+  (a strided convolution), the sub-pixel form's kernel gradient (XLA's is 10-20 times slower)."""
+  return _xla_conv_transpose(x, kernel, 2, 1)
+
+
+def _transposed_conv_fwd(x, kernel):
+  return _xla_conv_transpose(x, kernel, 2, 1), (x, kernel)
+
+
+def _transposed_conv_bwd(residuals, grad):
+  x, kernel = residuals
+  _, x_vjp = jax.vjp(lambda v: _xla_conv_transpose(v, kernel, 2, 1), x)
+  _, kernel_vjp = jax.vjp(lambda k: _sub_pixel_conv_transpose(x, k), kernel)
+  return x_vjp(grad)[0], kernel_vjp(grad)[0]
+
+
+_transposed_conv.defvjp(_transposed_conv_fwd, _transposed_conv_bwd)
 
 
 class Conv(nn.Module):
