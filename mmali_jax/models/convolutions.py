@@ -5,17 +5,16 @@
 compute the same function. On accelerators they call XLA's convolutions. On CPU, XLA runs
 strided convolutions' input gradients and transposed convolutions' kernel gradients as
 convolutions over zero-dilated inputs, about 4 times the arithmetic and many times the time of
-the rest (docs/algorithm.md §6.1 has the measurements), so there those sums are computed as
-matmuls:
+the rest (docs/algorithm.md §6.1 has the measurements), so there those sums are computed
+otherwise:
 
 - stride 2, even k: pad, space-to-depth (2x2 blocks become channels), then a stride-1 k/2 x k/2
   convolution, done as one matmul over its k/2 * k/2 shifted windows; with many input channels
   only the input gradient takes this form (XLA's own strided forward and kernel gradient are
   faster there);
 - a k x k window over a k x k input (the last encoder layer): one matmul;
-- transposed, stride 2, k = 4: XLA's forward and input gradient, and the kernel gradient of the
-  sub-pixel form (each of the 4 output phases is a 2x2 convolution of the input padded by 1, all
-  4 in one matmul, then interleaved);
+- transposed, stride 2, k = 4: XLA's forward and input gradient; the kernel gradient as that of
+  a strided convolution of the output gradient (XLA's own runs over a zero-dilated input);
 - transposed, 1x1 input (the first decoder layer): one matmul with the spatially flipped kernel.
 
 Only the order of the float additions differs from XLA's convolutions.
@@ -125,25 +124,13 @@ def _xla_conv_transpose(x, kernel, stride, padding):
                             dimension_numbers=_DIMENSIONS)
 
 
-def _sub_pixel_conv_transpose(x, kernel):
-  """The transposed convolution k = 4, stride 2, padding 1 in its sub-pixel form.
-
-  Output pixel (2q + r, 2p + s) = sum over t, u in {0, 1} of x_padded[q + r + t, p + s + u] .
-  kernel[r + 2t, s + 2u]: phase (r, s) is a 2x2 convolution read at an offset of (r, s)."""
-  _, _, c, o = kernel.shape
-  b, h, w, _ = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  phases = kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 4, 1, 3, 5)  # t, u, c, r, s, o
-  z = _windows_matmul(xp, phases.reshape(2, 2, c, 4 * o)).reshape(b, h + 1, w + 1, 2, 2, o)
-  rows = [jnp.stack([z[:, r:r + h, s:s + w, r, s] for s in range(2)], axis=3)
-          for r in range(2)]  # each [b, h, w, 2 (s), o]
-  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)
-
-
 @jax.custom_vjp
 def _transposed_conv(x, kernel):
-  """The transposed convolution k = 4, stride 2, padding 1: XLA's forward and input gradient
-  (a strided convolution), the sub-pixel form's kernel gradient (XLA's is 10-20 times slower)."""
+  """The transposed convolution k = 4, stride 2, padding 1 with XLA's forward and input gradient
+  (a strided convolution). Its kernel gradient, which XLA computes over a zero-dilated input
+  (10-60 times slower), is taken from a strided convolution of the output gradient instead:
+  dW[a, b, c, o] = sum x[n, i, j, c] g[n, 2i + 2 - a, 2j + 2 - b, o] is the kernel gradient
+  dK[3 - a, 3 - b, o, c] of conv(g, K, stride 2, padding 1) for the output gradient x."""
   return _xla_conv_transpose(x, kernel, 2, 1)
 
 
@@ -154,8 +141,10 @@ def _transposed_conv_fwd(x, kernel):
 def _transposed_conv_bwd(residuals, grad):
   x, kernel = residuals
   _, x_vjp = jax.vjp(lambda v: _xla_conv_transpose(v, kernel, 2, 1), x)
-  _, kernel_vjp = jax.vjp(lambda k: _sub_pixel_conv_transpose(x, k), kernel)
-  return x_vjp(grad)[0], kernel_vjp(grad)[0]
+  swapped = jnp.zeros(kernel.shape[:2] + kernel.shape[:1:-1], kernel.dtype)  # [4, 4, out, in]
+  _, swapped_vjp = jax.vjp(lambda k: _xla_conv(grad, k, 2, 1), swapped)
+  kernel_grad = swapped_vjp(x)[0][::-1, ::-1].transpose(0, 1, 3, 2)
+  return x_vjp(grad)[0], kernel_grad
 
 
 _transposed_conv.defvjp(_transposed_conv_fwd, _transposed_conv_bwd)
