@@ -232,3 +232,46 @@ def test_raw_files_with_wrong_checksums_are_rejected(tmp_path):
 def test_preparing_without_importlib_resources_says_what_to_install(tmp_path):
   _write_fake_raw_mnist(tmp_path)
   assert 'pip install importlib_resources' in _missing_error(tmp_path)
+
+
+def _tiny_digits_builder():
+  """A small image dataset with supervised keys, built from generated examples."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class TinyDigits(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          features=tfds.features.FeaturesDict({
+              'image': tfds.features.Image(shape=(6, 5, 1)),
+              'label': tfds.features.ClassLabel(num_classes=10)}),
+          supervised_keys=('image', 'label'))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples(23)}
+
+    def _generate_examples(self, n):
+      rng = np.random.default_rng(0)
+      for i in range(n):
+        yield i, {'image': rng.integers(0, 256, (6, 5, 1), dtype=np.uint8), 'label': i % 10}
+
+  return TinyDigits
+
+
+@pytest.mark.usefixtures('fresh_cache')
+def test_a_dataset_prepared_as_array_record_reads_as_one_prepared_as_tfrecord(tmp_path):
+  builder_cls = _tiny_digits_builder()
+  read = {}
+  for file_format in ('tfrecord', 'array_record'):
+    data_dir = str(tmp_path / file_format)
+    builder_cls(data_dir=data_dir).download_and_prepare(file_format=file_format)
+    read[file_format] = (sources.load_split('tiny_digits', 'train', data_dir),
+                         sources.load_split('tiny_digits', 'train', data_dir, 'image'))
+  (images, labels), (feature, feature_labels) = read['tfrecord']
+  assert images.shape == (23, 6, 5, 1) and images.dtype == np.uint8 and len(set(labels)) == 10
+  np.testing.assert_array_equal(feature, images)
+  # tf.data reads shards in file order: both formats give the same examples in the same order.
+  for got, want in zip(read['array_record'], read['tfrecord']):
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(a, b)

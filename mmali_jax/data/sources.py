@@ -169,9 +169,14 @@ def _read(tfds, dataset, split, data_dir, feature=None):
   # Read in chunks, not with batch_size=-1: under tfds.testing.mock_data (which patches this
   # call, so tests run without real data) the split size is unknown and TFDS then batches by
   # sys.maxsize, which aborts TensorFlow 2.21.
-  chunks = list(tfds.as_numpy(tfds.load(
-      dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK,
-      as_supervised=feature is None, download=False)))
+  try:
+    chunks = list(tfds.as_numpy(tfds.load(
+        dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK,
+        as_supervised=feature is None, download=False)))
+  except NotImplementedError:
+    # Prepared as ArrayRecord (`download_and_prepare(file_format='array_record')`), which
+    # tf.data cannot read; TFDS's random-access data source can.
+    chunks = _read_data_source(tfds, dataset, split, data_dir, feature)
   if not chunks:
     raise ValueError(f'Split {split!r} of {dataset!r} is empty.')
   if feature is not None:
@@ -186,6 +191,22 @@ def _read(tfds, dataset, split, data_dir, feature=None):
   if images.ndim == 3:
     images = images[..., None]
   return images, labels
+
+
+def _read_data_source(tfds, dataset, split, data_dir, feature):
+  """The chunks `tfds.load` would give, read through `tfds.data_source`."""
+  source = tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
+  supervised = None
+  if feature is None:
+    supervised = tfds.builder(dataset, data_dir=data_dir).info.supervised_keys
+  chunks = []
+  for start in range(0, len(source), _READ_CHUNK):
+    records = source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source)))))
+    if supervised:
+      chunks.append(tuple(np.stack([r[key] for r in records]) for key in supervised))
+    else:
+      chunks.append({key: np.stack([r[key] for r in records]) for key in records[0]})
+  return chunks
 
 
 def _prepare_offline(tfds, dataset, data_dir):
