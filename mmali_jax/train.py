@@ -309,11 +309,18 @@ def train_and_evaluate(config, workdir):
   boundaries = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
   saved_step = start
   stop = preemption.StopRequest()
+  compiled = {}  # num_steps -> the compiled program
   try:
     for step, num_steps in dispatch_sizes(start, config.num_train_steps,
                                           steps_per_dispatch(config), boundaries):
+      if num_steps not in compiled:
+        compiled[num_steps] = train_steps.lower(state, data, num_steps).compile()
+        # A program's first run sets up its collectives between processes, and on CPU (gloo)
+        # that waits only 30 s for the other processes: after compiling (whose time differs
+        # between processes), they start it together.
+        distributed.runtime_barrier(f'mmali_train_steps_{num_steps}_from_step_{step}')
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = train_steps(state, data, num_steps)
+        state, metrics = compiled[num_steps](state, data)
       pending.append((step, num_steps, metrics))
       done = step + num_steps
       report(done)

@@ -5,11 +5,13 @@
 
 Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the same on every
 process) through the real training loop, then saves this process's copy of the final parameters
-to DIR/params_process<k>.npz (and which barriers orbax used).
+to DIR/params_process<k>.npz (and which barriers orbax used). --slow_start_s delays this process
+between restoring and its first training step, as a slower host would be.
 """
 import argparse
 import os
 import sys
+import time
 
 
 def main():
@@ -21,6 +23,9 @@ def main():
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--steps', type=int, required=True)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--slow_start_s', type=float, default=0,
+                      help='Seconds this process takes longer to reach its first training step '
+                      '(after the processes restored their checkpoint together).')
   args = parser.parse_args()
   os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -31,6 +36,7 @@ def main():
   import tensorflow_datasets as tfds
   from mmali_jax import distributed
   from mmali_jax import train
+  from mmali_jax import samples
   from tests.conftest import small_config
   # pylint: enable=g-import-not-at-top
 
@@ -41,6 +47,14 @@ def main():
                         checkpoint_every_steps=2, log_every_steps=1)
   config.num_devices = None  # every device of the job
   config.seed = args.seed
+  if args.slow_start_s:
+    make_sample_fn = samples.make_sample_fn
+
+    def slow_make_sample_fn(*a, **k):
+      time.sleep(args.slow_start_s)
+      return make_sample_fn(*a, **k)
+
+    samples.make_sample_fn = slow_make_sample_fn
   with tfds.testing.mock_data(num_examples=24):
     state = train.train_and_evaluate(config, args.workdir)
   params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,

@@ -47,24 +47,28 @@ def eight_devices(tmp_path_factory):
   return _train_here(str(tmp_path_factory.mktemp('eight')), 4, num_devices=8)
 
 
-def _launch(workdir, steps, processes, devices, cache, seeds=None):
-  """Starts the job's processes; -> [(return code, output)] per process."""
+def _launch(workdir, steps, processes, devices, cache, seeds=None, last_slower_s=0):
+  """Starts the job's processes; -> [(return code, output)] per process. The last one reaches
+  its first training step `last_slower_s` seconds later."""
   port = _free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   commands = [[sys.executable, os.path.join(ROOT, 'tests', 'multiprocess_worker.py'),
                f'--process_id={k}', f'--num_processes={processes}', f'--port={port}',
                f'--devices={devices}', f'--workdir={workdir}', f'--steps={steps}',
-               f'--seed={(seeds or [0] * processes)[k]}'] for k in range(processes)]
+               f'--seed={(seeds or [0] * processes)[k]}',
+               f'--slow_start_s={last_slower_s if k == processes - 1 else 0}']
+              for k in range(processes)]
   jobs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, env=env) for c in commands]
   return [(job.returncode, out) for job, out in
           ((job, job.communicate(timeout=600)[0]) for job in jobs)]
 
 
-def _train(workdir, steps, processes, devices, cache):
+def _train(workdir, steps, processes, devices, cache, last_slower_s=0):
   """Runs the job to `steps` and returns process 0's final parameters {name: array}."""
-  for returncode, out in _launch(workdir, steps, processes, devices, cache):
+  for returncode, out in _launch(workdir, steps, processes, devices, cache,
+                                 last_slower_s=last_slower_s):
     assert returncode == 0, out[-3000:]
   for k in range(processes if processes > 1 else 0):
     with open(os.path.join(workdir, f'orbax_barriers_process{k}.txt')) as f:
@@ -89,9 +93,12 @@ def _assert_same_training(a, b, steps, learning_rate=2e-4):
 
 @pytest.fixture(scope='session')
 def two_processes(tmp_path_factory, cache):
-  """A 2-process x 4-device run of 4 steps: (its workdir, process 0's final parameters)."""
+  """A 2-process x 4-device run of 4 steps: (its workdir, process 0's final parameters).
+
+  Process 1 reaches the first step 35 s after process 0: on CPU the step's collectives wait only
+  30 s for the other processes when they are first set up (train.py starts them together)."""
   workdir = str(tmp_path_factory.mktemp('two'))
-  return workdir, _train(workdir, 4, processes=2, devices=4, cache=cache)
+  return workdir, _train(workdir, 4, processes=2, devices=4, cache=cache, last_slower_s=35)
 
 
 def test_two_processes_train_as_one_process(tmp_path, two_processes, eight_devices):
