@@ -128,17 +128,12 @@ def local(tree):
   return jax.tree.map(fetch, tree)
 
 
-def runtime_barrier(name, timeout_s=1800):
-  """Waits until every process reaches this point, through the distributed runtime (the
-  coordination service), not an XLA collective; `name` must be new each time."""
+def barrier(name, timeout_s=1800):
+  """Waits until every process of the job reaches this point (nothing to do single-process),
+  through the distributed runtime (the coordination service), not an XLA collective: on CPU a
+  collective's first use waits only 30 s for the other processes. `name` must be new each time."""
   if jax.process_count() > 1:
     orbax_multihost.sync_global_processes(name, timeout=timeout_s)
-
-
-def barrier(name):
-  """Waits until every process of the job reaches this point (nothing to do single-process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
 
 
 def check_same_config(config_json):

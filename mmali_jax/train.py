@@ -318,7 +318,7 @@ def train_and_evaluate(config, workdir):
         # A program's first run sets up its collectives between processes, and on CPU (gloo)
         # that waits only 30 s for the other processes: after compiling (whose time differs
         # between processes), they start it together.
-        distributed.runtime_barrier(f'mmali_train_steps_{num_steps}_from_step_{step}')
+        distributed.barrier(f'mmali_train_steps_{num_steps}_from_step_{step}')
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = compiled[num_steps](state, data)
       pending.append((step, num_steps, metrics))
