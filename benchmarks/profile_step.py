@@ -108,25 +108,23 @@ def _where(op_name):
 
 def _events(trace_dir):
   """[(thread, start ps, end ps, operation name)] of the XLA operations in the trace."""
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   path = max(glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True),
              key=os.path.getmtime)  # this run's, where the folder holds earlier ones
-  space = xplane_pb2.XSpace()
-  with open(path, 'rb') as f:
-    space.ParseFromString(f.read())
   events = []
-  for plane in space.planes:
-    names = {k: v.name for k, v in plane.event_metadata.items()}
-    for line in plane.lines:
-      cpu = plane.name == '/host:CPU' and line.name.startswith('tf_XLAEigen')
+  for plane in jax.profiler.ProfileData.from_file(path).planes:
+    for k, line in enumerate(plane.lines):
+      # XLA:CPU runs operations on its thread pool, and on the client's thread that starts
+      # the program (where a program has little to run side by side, most of them).
+      cpu = plane.name == '/host:CPU' and line.name.startswith(('tf_XLAEigen',
+                                                                'tf_XLAPjRtCpuClient'))
       gpu = plane.name.startswith('/device:') and line.name == 'XLA Ops'
       if not (cpu or gpu):
         continue
       for ev in line.events:
-        name = names.get(ev.metadata_id, '')
-        if not name.startswith(_SKIPPED_EVENTS):
-          start = line.timestamp_ns * 1000 + ev.offset_ps
-          events.append((f'{plane.name}/{line.id}', start, start + ev.duration_ps, name))
+        if not ev.name.startswith(_SKIPPED_EVENTS):
+          start = round(ev.start_ns * 1000)
+          events.append((f'{plane.name}/{k}', start, start + round(ev.duration_ns * 1000),
+                         ev.name))
   return events
 
 

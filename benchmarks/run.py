@@ -18,7 +18,8 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
 - with --reference_dir: the authors' PyTorch iteration on random tensors
   (benchmarks/reference_step.py), run in the same run on the same machine.
 
-Writes <out_dir>/<device>.json and <device>.md (a table) and prints the table.
+Writes <out_dir>/<device>.json and <device>.md (a table) and prints the table; a subset of the
+cases (--cases) goes to <device>-subset.{json,md} instead.
 """
 import json
 import os
@@ -58,7 +59,8 @@ CASES = (  # (name, config file, config argument)
 
 flags.DEFINE_string('out_dir', os.path.join(ROOT, 'benchmarks', 'results'), 'Where results go.')
 flags.DEFINE_float('seconds', 20.0, 'Approximate timed seconds per measurement.')
-flags.DEFINE_string('cases', '', 'Comma-separated substrings selecting cases (default: all).')
+flags.DEFINE_string('cases', '', 'Comma-separated substrings selecting cases (default: all); '
+                    'the results of a subset go to <device>-subset.{json,md}.')
 flags.DEFINE_string('data_dir', None, 'TFDS data dir with mnist and svhn_cropped, to time the '
                     'real training loop (a stand-in svhn_cropped is fine for timing).')
 flags.DEFINE_integer('loop_steps', 0, 'Steps of the training-loop run (0: from --seconds).')
@@ -230,11 +232,30 @@ def _table(results):
   return '\n'.join(lines)
 
 
+def select_cases(cases_flag):
+  """The cases a --cases value selects; a value that selects none is an error naming them all."""
+  selected = [c for c in CASES
+              if not cases_flag or any(s in c[0] for s in cases_flag.split(','))]
+  if not selected:
+    raise ValueError(f'--cases={cases_flag} selects none of the cases: '
+                     + ', '.join(repr(c[0]) for c in CASES) + '. Give comma-separated parts of '
+                     'their names (e.g. --cases="M=2,MNIST-SVHN factorized").')
+  return selected
+
+
+def results_name(device, selected):
+  """The results' file name: a subset of the cases never overwrites a device's full table."""
+  return device if len(selected) == len(CASES) else f'{device}-subset'
+
+
 def main(argv):
   del argv
-  selected = [c for c in CASES
-              if not FLAGS.cases or any(s in c[0] for s in FLAGS.cases.split(','))]
-  name = device_name()
+  try:
+    selected = select_cases(FLAGS.cases)
+  except ValueError as e:
+    sys.exit(str(e))
+  device = device_name()
+  stem = results_name(device, selected)
   peak = matmul_rate(FLAGS.seconds)
   results = []
   for case, config_file, arg in selected:
@@ -262,13 +283,13 @@ def main(argv):
         hours_for_250k_steps=round(250_000 / rate / 3600, 2))
     results.append(record)
     print(json.dumps(record), flush=True)
-  summary = dict(device=name, devices=[str(d) for d in jax.devices()], jax=jax.__version__,
+  summary = dict(device=device, devices=[str(d) for d in jax.devices()], jax=jax.__version__,
                  matmul_peak_gflop_per_s=round(peak / 1e9, 1), command=' '.join(sys.argv),
                  date=time.strftime('%Y-%m-%d'), results=results)
   os.makedirs(FLAGS.out_dir, exist_ok=True)
-  with open(os.path.join(FLAGS.out_dir, f'{name}.json'), 'w') as f:
+  with open(os.path.join(FLAGS.out_dir, f'{stem}.json'), 'w') as f:
     json.dump(summary, f, indent=2)
-  text = (f'# Benchmarks on {name}\n\n`{summary["command"]}` ({summary["date"]}, jax '
+  text = (f'# Benchmarks on {device}\n\n`{summary["command"]}` ({summary["date"]}, jax '
           f'{jax.__version__}; float32 matmul peak measured in the same run: '
           f'{summary["matmul_peak_gflop_per_s"]} GFLOP/s). Step it/s: the jitted training step '
           'on device-resident random data; loop it/s: `python -m mmali_jax.main` on real data; '
@@ -276,7 +297,7 @@ def main(argv):
           'run. Step memory: XLA\'s peak memory of the compiled step (dataset included). The '
           '250k-steps estimate uses the loop rate where measured.\n\n'
           + _table(results) + '\n')
-  with open(os.path.join(FLAGS.out_dir, f'{name}.md'), 'w') as f:
+  with open(os.path.join(FLAGS.out_dir, f'{stem}.md'), 'w') as f:
     f.write(text)
   print(text)
 

@@ -6,8 +6,6 @@ import os
 import time
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +20,7 @@ from mmali_jax import networks
 from mmali_jax import preemption
 from mmali_jax import samples
 from mmali_jax import train_step as train_step_lib
+from mmali_jax import writers
 from mmali_jax.data import pipeline
 from mmali_jax.data import sources
 from mmali_jax.evaluators import evaluator as evaluator_lib
@@ -209,7 +208,7 @@ class NonFiniteError(FloatingPointError):
   written."""
 
 
-class ProgressReport(periodic_actions.ReportProgress):
+class ProgressReport(writers.periodic_actions.ReportProgress):
   """clu's progress report (steps/s, ETA, share of time per part), whose steps/s and ETA leave
   out the time spent in `excluded` blocks (evaluation), which would otherwise distort both."""
 
@@ -281,8 +280,7 @@ def train_and_evaluate(config, workdir):
   if main_process:
     os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not main_process,
-                                                asynchronous=True)
+  writer = writers.create(workdir, main_process)
   if start == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
 

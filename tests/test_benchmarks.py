@@ -102,3 +102,31 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
   assert counts['data-dependent loops'] == 1 and counts['kernels per trip of those loops'] == 1
   with pytest.raises(ValueError, match='one loop of 100 trips, found 0'):
     gpu_kernels.count_kernels(hlo, steps_per_dispatch=100)
+
+
+def test_events_are_read_from_a_real_trace_of_this_backend(profile_step, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  f = jax.jit(lambda a: jnp.tanh(a @ a) @ a)
+  a = jnp.ones((256, 256))
+  f(a).block_until_ready()
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(3):
+      f(a).block_until_ready()
+  events = profile_step._events(str(tmp_path))  # pylint: disable=protected-access
+  assert events and all(start < end for _, start, end, _ in events)
+  # The two products of each of the 3 calls, as XLA names its operations in the trace.
+  names = [name for *_, name in events]
+  assert sum('dot' in n or 'fusion' in n for n in names) >= 6, sorted(set(names))
+
+
+def test_cases_are_selected_by_name_and_a_subset_has_its_own_results():
+  run = _benchmark('run')
+  assert [c[0] for c in run.select_cases('M=2,MNIST-SVHN factorized')] == [
+      'MNIST-SVHN factorized', 'MultiMNIST M=2 factorized', 'MultiMNIST M=2 monolithic']
+  assert run.select_cases('') == list(run.CASES)
+  with pytest.raises(ValueError, match=r"--cases=m2 selects none of the cases: 'MNIST-SVHN "
+                     r"factorized', .*'MultiMNIST M=4 monolithic'\."):
+    run.select_cases('m2')
+  assert run.results_name('gpu-1x-H200', run.select_cases('M=2')) == 'gpu-1x-H200-subset'
+  assert run.results_name('gpu-1x-H200', run.select_cases('')) == 'gpu-1x-H200'

@@ -11,8 +11,14 @@ when this machine can reach the internet. Otherwise, or when the download fails,
 raises `MissingDatasetError` within seconds, saying which files to put where;
 `ensure_prepared` does so for every dataset of an experiment at once. A preparation that stopped
 half-way is detected, and the message says which folders to delete.
+
+TensorFlow is optional for reading: a dataset prepared as ArrayRecord (README "Data", "Without
+TensorFlow") is read through TFDS's random-access data source, which needs no
+TensorFlow, so a machine with JAX alone (a GPU image, say) can train on a copy of that folder.
+TFRecord folders, and preparing datasets, need TensorFlow.
 """
 import functools
+import importlib.util
 import os
 import re
 import socket
@@ -32,6 +38,8 @@ _CONFIG_FLAG = '--config.data.tfds_data_dir'
 # A host TFDS downloads from, asked before downloading so that offline machines fail in seconds.
 _DOWNLOAD_PROBE = ('storage.googleapis.com', 443)
 _READ_CHUNK = 8192
+# File formats TFDS reads without TensorFlow (tfds.data_source).
+_RANDOM_ACCESS_FORMATS = ('array_record', 'parquet')
 
 
 class MissingDatasetError(RuntimeError):
@@ -142,6 +150,14 @@ def _prepare(tfds, dataset, data_dir):
         f'Dataset {dataset!r} was only partly prepared in {data_dir_root(data_dir)} (a '
         'preparation stopped half-way). Delete ' + ', '.join(incomplete) + ' and run the same '
         'command again.')
+  if not tensorflow_installed():
+    where = data_dir_root(data_dir) + (' (the TFDS default)' if data_dir is None else '')
+    raise MissingDatasetError(
+        f'Dataset {dataset!r} is not prepared in {where}, and preparing it needs TensorFlow '
+        '(TFDS extracts and encodes with it), which is not installed. Install it (pip install '
+        'tensorflow-cpu, requirements.txt), or prepare the dataset as ArrayRecord where '
+        f'TensorFlow is installed (README "Data", "Without TensorFlow") and point {_CONFIG_FLAG} '
+        'at a copy of that folder.')
   folder = manual_dir(data_dir)
   needed = _raw_files(tfds, dataset)
   missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
@@ -166,17 +182,20 @@ def _prepare(tfds, dataset, data_dir):
 
 
 def _read(tfds, dataset, split, data_dir, feature=None):
-  # Read in chunks, not with batch_size=-1: under tfds.testing.mock_data (which patches this
-  # call, so tests run without real data) the split size is unknown and TFDS then batches by
-  # sys.maxsize, which aborts TensorFlow 2.21.
-  try:
-    chunks = list(tfds.as_numpy(tfds.load(
-        dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK,
-        as_supervised=feature is None, download=False)))
-  except NotImplementedError:
-    # Prepared as ArrayRecord (`download_and_prepare(file_format='array_record')`), which
-    # tf.data cannot read; TFDS's random-access data source can.
+  if not tensorflow_installed():
     chunks = _read_data_source(tfds, dataset, split, data_dir, feature)
+  else:
+    # Read in chunks, not with batch_size=-1: under tfds.testing.mock_data (which patches this
+    # call, so tests run without real data) the split size is unknown and TFDS then batches by
+    # sys.maxsize, which aborts TensorFlow 2.21.
+    try:
+      chunks = list(tfds.as_numpy(tfds.load(
+          dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK,
+          as_supervised=feature is None, download=False)))
+    except NotImplementedError:
+      # Prepared as ArrayRecord (`download_and_prepare(file_format='array_record')`), which
+      # tf.data cannot read; TFDS's random-access data source can.
+      chunks = _read_data_source(tfds, dataset, split, data_dir, feature)
   if not chunks:
     raise ValueError(f'Split {split!r} of {dataset!r} is empty.')
   if feature is not None:
@@ -195,10 +214,22 @@ def _read(tfds, dataset, split, data_dir, feature=None):
 
 def _read_data_source(tfds, dataset, split, data_dir, feature):
   """The chunks `tfds.load` would give, read through `tfds.data_source`."""
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  if not tensorflow_installed():
+    if not builder.is_prepared():
+      raise AssertionError(f'{dataset} is not prepared')  # as tfds.load(download=False) does
+    file_format = getattr(builder.info.file_format, 'value', builder.info.file_format)
+    if file_format not in _RANDOM_ACCESS_FORMATS:
+      raise MissingDatasetError(
+          f'Dataset {dataset!r} in {data_dir_root(data_dir)} is prepared as {file_format}, which '
+          'only TensorFlow reads, and TensorFlow is not installed. Install it (pip install '
+          'tensorflow-cpu, requirements.txt), or prepare the dataset as ArrayRecord where '
+          'TensorFlow is installed (README "Data", "Without TensorFlow") and use that folder '
+          'here.')
   source = tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
   supervised = None
   if feature is None:
-    supervised = tfds.builder(dataset, data_dir=data_dir).info.supervised_keys
+    supervised = builder.info.supervised_keys
   chunks = []
   for start in range(0, len(source), _READ_CHUNK):
     records = source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source)))))
@@ -300,13 +331,19 @@ def _missing_manual_message(tfds, dataset, data_dir, folder, needed, missing):
   return '\n'.join(lines)
 
 
+def tensorflow_installed():
+  return importlib.util.find_spec('tensorflow') is not None
+
+
 def _import_tfds():
-  """Imports TFDS lazily and keeps TensorFlow off the GPUs, which JAX is going to use."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except (RuntimeError, ValueError):  # TF already initialised its devices; nothing to do.
-    pass
+  """Imports TFDS lazily and keeps TensorFlow, where installed, off the GPUs, which JAX is going
+  to use."""
+  if tensorflow_installed():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    try:
+      tf.config.set_visible_devices([], 'GPU')
+    except (RuntimeError, ValueError):  # TF already initialised its devices; nothing to do.
+      pass
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   # Registers this project's own TFDS builders (those built from manually downloaded files).
   from mmali_jax.data import cub  # pylint: disable=g-import-not-at-top
