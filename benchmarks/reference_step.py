@@ -7,7 +7,8 @@ scikit-image); none of them is a dependency of this project. It builds the refer
 its training script does (`train_mmali_mnist_svhn.py`, `train_mmali_multimnist.py`,
 `train_mmali_multimnist_joint.py`: networks, `utils.init_param_normal`, two Adams, an EMA copy)
 and times what one iteration of its training loop does, without data loading: the D step on two
-batches, the G step on two batches, and the EMA `lerp`. `benchmarks/run.py` calls it in the same
+batches, the G step on two batches, and the EMA `lerp`, on the GPU where PyTorch sees one (as the
+training scripts run; `--device=cpu` to force the CPU). `benchmarks/run.py` calls it in the same
 run as this project's benchmarks. Prints one JSON line.
 """
 import argparse
@@ -91,6 +92,8 @@ def main():
   parser.add_argument('--style_dim', type=int, default=10)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--device', default=None,
+                      help='cpu or cuda (default: cuda where PyTorch sees a GPU, else cpu).')
   args = parser.parse_args()
 
   sys.path.insert(0, os.path.abspath(args.reference_dir))
@@ -98,6 +101,9 @@ def main():
   import torch.nn as nn  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   import utils  # pylint: disable=g-import-not-at-top,import-outside-toplevel
 
+  device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+  # The reference creates its tensors on the inputs' device, so a default device moves all of it.
+  torch.set_default_device(device)
   torch.manual_seed(0)
   model, keys, shapes = _build(args, torch, nn)
   utils.init_param_normal(model)
@@ -148,8 +154,8 @@ def main():
       implementation='reference (PyTorch)', experiment=args.experiment,
       modalities=len(keys), discriminator=args.discriminator, batch_size=b,
       ms_per_iteration=round(1000 * seconds, 2), iterations_per_s=round(1 / seconds, 2),
-      torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor() or
-      platform.machine(), timed_iterations=args.steps)))
+      torch=torch.__version__, device=device, threads=torch.get_num_threads(),
+      machine=platform.processor() or platform.machine(), timed_iterations=args.steps)))
 
 
 if __name__ == '__main__':

@@ -193,7 +193,12 @@ def benchmark_loop(config_file, arg, steps, data_dir):
            f'--config.num_train_steps={steps}', f'--config.log_every_steps={log_every}',
            f'--config.checkpoint_every_steps={steps}', '--config.eval.every_steps=0',
            '--compilation_cache=']
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+      # Reported in the results; the other measurements and cases go on.
+      print(result.stderr[-3000:], file=sys.stderr)
+      lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+      return dict(loop_error=(lines or ['exit status %d' % result.returncode])[-1][:300])
     rates = [v for step, v in curves.read_scalars(workdir)['steps_per_sec'] if step > log_every]
     return dict(loop_iterations_per_s=round(float(np.median(rates)), 2), loop_steps=steps)
   finally:
@@ -209,12 +214,13 @@ def benchmark_reference(config_file, config):
          f'--reference_dir={FLAGS.reference_dir}', f'--experiment={experiment}',
          f'--modalities={len(config.modalities)}', f'--discriminator={kind}',
          f'--batch_size={config.batch_size}',
+         f'--device={"cuda" if jax.devices()[0].platform == "gpu" else "cpu"}',
          f'--steps={max(5, int(FLAGS.seconds / (0.5 if experiment == "mnist_svhn" else 0.1)))}']
   out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
   record = json.loads(out.strip().splitlines()[-1])
   return dict(reference_ms=record['ms_per_iteration'],
               reference_iterations_per_s=record['iterations_per_s'],
-              reference_torch=record['torch'])
+              reference_torch=record['torch'], reference_device=record['device'])
 
 
 def _table(results):
@@ -297,6 +303,10 @@ def main(argv):
           'run. Step memory: XLA\'s peak memory of the compiled step (dataset included). The '
           '250k-steps estimate uses the loop rate where measured.\n\n'
           + _table(results) + '\n')
+  failed = [f'- {r["case"]}: the training loop failed: {r["loop_error"]}' for r in results
+            if 'loop_error' in r]
+  if failed:
+    text += '\n' + '\n'.join(failed) + '\n'
   with open(os.path.join(FLAGS.out_dir, f'{stem}.md'), 'w') as f:
     f.write(text)
   print(text)

@@ -1,6 +1,7 @@
 """The benchmarks' bookkeeping: where an operation belongs, how busy the threads were, how many
 kernels a GPU iteration launches."""
 import importlib
+import os
 import sys
 
 import pytest
@@ -130,3 +131,12 @@ def test_cases_are_selected_by_name_and_a_subset_has_its_own_results():
     run.select_cases('m2')
   assert run.results_name('gpu-1x-H200', run.select_cases('M=2')) == 'gpu-1x-H200-subset'
   assert run.results_name('gpu-1x-H200', run.select_cases('')) == 'gpu-1x-H200'
+
+
+def test_a_failed_training_loop_is_reported_and_the_benchmark_goes_on(tmp_path):
+  run = _benchmark('run')
+  # A preparation that stopped half-way: the command stops at once, naming the folder.
+  os.makedirs(tmp_path / 'mnist' / 'incomplete.ABC_3.0.1')
+  record = run.benchmark_loop('multimnist', 'modalities=2', 2, str(tmp_path))
+  assert list(record) == ['loop_error']
+  assert "Dataset 'mnist' was only partly prepared" in record['loop_error']
