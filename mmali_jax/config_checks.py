@@ -11,6 +11,7 @@ from mmali_jax.models import registry
 # ('0mnist' < '1mnist' < ...) for at most 10 modalities.
 MAX_MODALITIES = 10
 JOINT_CRITICS = ('dot', 'concat')
+SPECTRAL_NORM_ESTIMATES = ('per_call', 'per_phase')
 MATMUL_PRECISIONS = ('highest', 'float32', 'high', 'tensorfloat32', 'bfloat16_3x', 'default',
                      'bfloat16', precision.EMULATED_TF32)
 
@@ -69,6 +70,9 @@ def check(config):
   if config.matmul_precision not in MATMUL_PRECISIONS:
     raise ConfigError(f'config.matmul_precision={config.matmul_precision!r}; choose one of '
                       f'{MATMUL_PRECISIONS}.')
+  if config.spectral_norm_estimates not in SPECTRAL_NORM_ESTIMATES:
+    raise ConfigError(f'config.spectral_norm_estimates={config.spectral_norm_estimates!r}; '
+                      f'choose one of {SPECTRAL_NORM_ESTIMATES}.')
   _at_least(config, ('joint_critic_width',), 1)
   _check_modalities(config)
   _check_pairing(config)

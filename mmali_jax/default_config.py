@@ -64,6 +64,12 @@ def base_config():
   # for speed. 'tensorfloat32_emulated' rounds every matmul operand of the step to TF32 on any
   # backend, to measure TF32's effect without TF32 hardware (docs/algorithm.md §5.3).
   config.matmul_precision = 'highest'
+  # Spectral-norm estimates: 'per_call' runs one power iteration at every discriminator call, as
+  # the reference (PyTorch's spectral_norm in train mode), so the calls of one step see different
+  # estimates; 'per_phase' runs one per layer in the D step and one in the G step, every call of
+  # the phase seeing that estimate (SN-GAN's one iteration per update). 'per_phase' changes the
+  # numbers and is opt-in until shown within noise of 'per_call' (docs/performance.md).
+  config.spectral_norm_estimates = 'per_call'
   # Local devices the batch is sharded over ('data' mesh axis); None = all of them.
   config.num_devices = ml_collections.config_dict.placeholder(int)
 

@@ -1,4 +1,5 @@
 """Builds the Flax modules for a config and binds them to parameters for the objectives."""
+import jax
 import jax.numpy as jnp
 
 from mmali_jax import config_checks
@@ -37,16 +38,25 @@ def dummy_inputs(mods, config, batch_size=1):
 
 
 class Bound:
-  """The networks bound to parameters, called like functions inside a loss.
+  """The networks bound to parameters, called like functions inside a loss (one phase: the D step
+  or the G step).
 
-  Discriminators run in train mode: each call does one spectral-norm power iteration and the
-  updated `disc_stats` are carried to the next call, as PyTorch's spectral_norm does.
+  Discriminators run in train mode. With `spectral_norm_estimates='per_call'` each call does one
+  spectral-norm power iteration and the updated `disc_stats` are carried to the next call, as
+  PyTorch's spectral_norm does. With 'per_phase' every call starts from the phase's stats, so all
+  calls of a network compute the same power iteration (XLA computes it once, and the image
+  branch of calls that score the same images once too) and see the same estimate; `disc_stats`
+  ends one iteration on from the phase's.
   """
 
-  def __init__(self, gen, disc, gen_params, disc_params, disc_stats, style_dim):
+  def __init__(self, gen, disc, gen_params, disc_params, disc_stats, style_dim,
+               spectral_norm_estimates='per_call'):
     self.gen, self.disc = gen, disc
     self.gen_params, self.disc_params, self.disc_stats = gen_params, disc_params, disc_stats
     self.style_dim = style_dim
+    if spectral_norm_estimates not in ('per_call', 'per_phase'):
+      raise ValueError(f'spectral_norm_estimates={spectral_norm_estimates!r}')
+    self._phase_stats = disc_stats if spectral_norm_estimates == 'per_phase' else None
 
   def encode(self, m, x):
     """(mean, log-variance) of q(z | x_m)."""
@@ -61,10 +71,19 @@ class Bound:
     return self.gen.apply({'params': self.gen_params}, m, z, method='decode')
 
   def _discriminate(self, method, *args):
+    start = self.disc_stats if self._phase_stats is None else self._phase_stats
     out, updates = self.disc.apply(
-        {'params': self.disc_params, 'batch_stats': self.disc_stats}, *args,
+        {'params': self.disc_params, 'batch_stats': start}, *args,
         update_stats=True, method=method, mutable=['batch_stats'])
-    self.disc_stats = updates['batch_stats']
+    if self._phase_stats is None:
+      self.disc_stats = updates['batch_stats']
+    else:
+      # The call returns every network's stats: its own one iteration on, the others' as the
+      # very arrays it was given (Flax passes untouched variables through; tests/test_objectives
+      # checks the result). Keep what it changed, the rest as earlier calls left it: chosen while
+      # tracing, so it costs no operations.
+      self.disc_stats = jax.tree.map(lambda new, old, cur: cur if new is old else new,
+                                     updates['batch_stats'], start, self.disc_stats)
     return out
 
   def d0(self, m, x, z):

@@ -84,7 +84,7 @@ def make_train_step(config, gen, disc, mods):
 
     def d_loss_fn(disc_params):
       nets = networks.Bound(gen, disc, state.gen_params, disc_params, state.disc_stats,
-                            config.style_dim)
+                            config.style_dim, config.spectral_norm_estimates)
       loss, metrics = objective.discriminator_loss(nets, xs, rng_d, config, mods)
       return loss, (metrics, nets.disc_stats)
 
@@ -94,7 +94,8 @@ def make_train_step(config, gen, disc, mods):
     disc_params = optax.apply_updates(state.disc_params, d_updates)
 
     def g_loss_fn(gen_params):
-      nets = networks.Bound(gen, disc, gen_params, disc_params, disc_stats, config.style_dim)
+      nets = networks.Bound(gen, disc, gen_params, disc_params, disc_stats, config.style_dim,
+                            config.spectral_norm_estimates)
       loss, metrics = objective.generator_loss(nets, xs, rng_g, config, mods)
       return loss, (metrics, nets.disc_stats)
 

@@ -91,6 +91,11 @@ def test_bad_config_values_are_named():
   config.style_dim = 20
   with pytest.raises(ValueError, match='style_dim=20'):
     networks.build(config)
+  config = load_config('multimnist')
+  config.spectral_norm_estimates = 'per_step'
+  with pytest.raises(ValueError, match=r"spectral_norm_estimates='per_step'; choose one of "
+                     r"\('per_call', 'per_phase'\)"):
+    networks.build(config)
   config = load_config('mnist_svhn')
   config.modalities[1].network = 'resnet'
   with pytest.raises(ValueError, match="unknown network family 'resnet'"):

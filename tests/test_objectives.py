@@ -1,9 +1,12 @@
 """The objectives on real networks: which distributions each class of a discriminator sees."""
+import types
+
 import jax
 import numpy as np
 import pytest
 
 from mmali_jax import networks
+from mmali_jax import objectives
 from mmali_jax import train_step
 from mmali_jax.objectives import monolithic
 from tests.conftest import load_config
@@ -50,3 +53,47 @@ def test_monolithic_decoder_class_shows_the_content_every_decoder_received(loss_
     np.testing.assert_array_equal(shown[:, m * style_dim:(m + 1) * style_dim],
                                   z_decoded[:, :style_dim])
     np.testing.assert_array_equal(shown[:, num * style_dim:], z_decoded[:, style_dim:])
+
+
+def _recording_estimates(nets):
+  """Records the spectral-norm stats every discriminator call starts from."""
+  starts = []
+  apply = nets.disc.apply
+
+  def recording_apply(variables, *args, **kwargs):
+    starts.append(variables['batch_stats'])
+    return apply(variables, *args, **kwargs)
+
+  nets.disc = types.SimpleNamespace(apply=recording_apply)
+  return starts
+
+
+@pytest.mark.parametrize('arg', ['modalities=2', 'modalities=3,discriminator=monolithic'])
+def test_per_phase_estimates_one_power_iteration_per_layer_and_phase(arg):
+  config = load_config('multimnist', arg)
+  mods, gen, disc = networks.build(config)
+  state = train_step.create_train_state(config, gen, disc, mods)
+  rng = np.random.default_rng(0)
+  batches = {key: [rng.random((4,) + m.image_shape, np.float32) for m in mods]
+             for key in ('a', 'b', 'b_marginals', 'c', 'd')}
+  objective = objectives.OBJECTIVES[networks.discriminator_kind(config.discriminator)]
+  # One call of every discriminator: every layer's estimate, one power iteration on.
+  _, _, disc_inputs = networks.dummy_inputs(mods, config)
+  _, once = disc.apply({'params': state.disc_params, 'batch_stats': state.disc_stats},
+                       *disc_inputs, update_stats=True, mutable=['batch_stats'])
+  ends = {}
+  for estimates in ('per_call', 'per_phase'):
+    nets = networks.Bound(gen, disc, state.gen_params, state.disc_params, state.disc_stats,
+                          config.style_dim, estimates)
+    starts = _recording_estimates(nets)
+    objective.discriminator_loss(nets, batches, jax.random.PRNGKey(1), config, mods)
+    assert len(starts) > 3  # several calls per network
+    same_start = [jax.tree.all(jax.tree.map(np.array_equal, s, state.disc_stats))
+                  for s in starts]
+    # per_phase: every call starts from the phase's estimates; per_call: each from the last's.
+    assert all(same_start) == (estimates == 'per_phase') and same_start[0]
+    ends[estimates] = nets.disc_stats
+  jax.tree.map(np.testing.assert_array_equal, ends['per_phase'], once['batch_stats'])
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                                       ends['per_call'], ends['per_phase']))
+  assert any(moved)  # per_call ran several iterations on the layers called several times

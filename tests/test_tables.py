@@ -82,14 +82,19 @@ def test_table_has_a_column_per_modality_count_and_a_dash_for_missing_cells():
           f'– [{paper["monolithic"][3]:.2f}] |') in section
 
 
-def test_table_names_a_matmul_precision_other_than_float32():
+def test_table_names_numerics_other_than_the_reference():
   runs = tables.table1_runs(_tiny, seeds=1, modalities=(2,))
   cells = {(2, kind): {readout: [90.0] for readout in tables.READOUT_TITLES}
            for kind in tables.KINDS}
   assert 'precision' not in tables.table1_markdown(cells, runs)
   for config in runs.values():
     config.matmul_precision = 'tensorfloat32_emulated'
-  assert "Matmul precision: 'tensorfloat32_emulated'" in tables.table1_markdown(cells, runs)
+  assert ("Not the reference's numerics: matmul precision: 'tensorfloat32_emulated' "
+          in tables.table1_markdown(cells, runs))
+  for config in runs.values():
+    config.spectral_norm_estimates = 'per_phase'
+  assert ("matmul precision: 'tensorfloat32_emulated'; spectral-norm estimates: 'per_phase'"
+          in tables.table1_markdown(cells, runs))
 
 
 def _reproduce(*args):
