@@ -7,7 +7,6 @@ installed, that one clu module is replaced, before clu is imported, by `EventFil
 which writes the scalars and images to TensorBoard event files with TensorBoard's own TensorFlow-free
 writer (the one PyTorch uses), so loss curves, TensorBoard and clu's progress report work as usual.
 """
-import importlib.util
 import io
 import sys
 import time
@@ -17,7 +16,9 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
-TENSORFLOW_INSTALLED = importlib.util.find_spec('tensorflow') is not None
+from mmali_jax.data import sources
+
+TENSORFLOW_INSTALLED = sources.tensorflow_installed()
 _SUMMARY_WRITER = 'clu.metric_writers.summary_writer'
 
 
