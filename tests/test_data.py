@@ -13,6 +13,7 @@ from configs import multimnist
 from mmali_jax.data import pairing
 from mmali_jax.data import pipeline
 from mmali_jax.data import sources
+from tests import digit_datasets
 
 MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
@@ -234,34 +235,9 @@ def test_preparing_without_importlib_resources_says_what_to_install(tmp_path):
   assert 'pip install importlib_resources' in _missing_error(tmp_path)
 
 
-def _tiny_digits_builder():
-  """A small image dataset with supervised keys, built from generated examples."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  class TinyDigits(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self):
-      return self.dataset_info_from_configs(
-          features=tfds.features.FeaturesDict({
-              'image': tfds.features.Image(shape=(6, 5, 1)),
-              'label': tfds.features.ClassLabel(num_classes=10)}),
-          supervised_keys=('image', 'label'))
-
-    def _split_generators(self, dl_manager):
-      return {'train': self._generate_examples(23)}
-
-    def _generate_examples(self, n):
-      rng = np.random.default_rng(0)
-      for i in range(n):
-        yield i, {'image': rng.integers(0, 256, (6, 5, 1), dtype=np.uint8), 'label': i % 10}
-
-  return TinyDigits
-
-
 @pytest.mark.usefixtures('fresh_cache')
 def test_a_dataset_prepared_as_array_record_reads_as_one_prepared_as_tfrecord(tmp_path):
-  builder_cls = _tiny_digits_builder()
+  builder_cls = digit_datasets.digits_builder('TinyDigits', '1.0.0', (6, 5, 1), {'train': 23})
   read = {}
   for file_format in ('tfrecord', 'array_record'):
     data_dir = str(tmp_path / file_format)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmali_jax import curves
+from tests import digit_datasets
 from tests.conftest import ROOT
 
 # Runs `python -m mmali_jax.main ARGS` where TensorFlow is not found, as where it is not installed:
@@ -28,32 +29,6 @@ finally:
 '''
 
 
-def _mnist_stand_in():
-  """A builder writing generated 28x28 digits where TFDS's `mnist` looks for them (same name,
-  version and features), so the registered `mnist` builder reads them as MNIST."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    VERSION = tfds.core.Version('3.0.1')
-
-    def _info(self):
-      return self.dataset_info_from_configs(
-          features=tfds.features.FeaturesDict({
-              'image': tfds.features.Image(shape=(28, 28, 1)),
-              'label': tfds.features.ClassLabel(num_classes=10)}),
-          supervised_keys=('image', 'label'))
-
-    def _split_generators(self, dl_manager):
-      return {'train': self._generate_examples(40, 0), 'test': self._generate_examples(20, 1)}
-
-    def _generate_examples(self, n, seed):
-      rng = np.random.default_rng(seed)
-      for i in range(n):
-        yield i, {'image': rng.integers(0, 256, (28, 28, 1), dtype=np.uint8), 'label': i % 10}
-
-  return Mnist
-
-
 def _train_without_tensorflow(workdir, data_dir, cache):
   return subprocess.run(
       [sys.executable, '-c', _WITHOUT_TENSORFLOW, '--config=configs/multimnist.py',
@@ -68,7 +43,11 @@ def _train_without_tensorflow(workdir, data_dir, cache):
 @pytest.fixture(scope='module')
 def prepared(tmp_path_factory):
   """The stand-in MNIST prepared in both formats: {format: data_dir}."""
-  builder_cls, dirs = _mnist_stand_in(), {}
+  # Written where TFDS's `mnist` looks (same name, version and features), so its builder reads
+  # them as MNIST.
+  builder_cls = digit_datasets.digits_builder('Mnist', '3.0.1', (28, 28, 1),
+                                              {'train': 40, 'test': 20}, register=False)
+  dirs = {}
   for file_format in ('array_record', 'tfrecord'):
     dirs[file_format] = str(tmp_path_factory.mktemp(file_format))
     builder_cls(data_dir=dirs[file_format]).download_and_prepare(file_format=file_format)
