@@ -140,7 +140,7 @@ def _numerics(runs):
 
 def table1_markdown(cells, runs):
   some = next(iter(runs.values()))
-  precision = _numerics(runs)
+  numerics = _numerics(runs)
   ms = sorted({m for m, _ in cells})
   seeds = sorted({c.seed for c in runs.values()})
   lines = ['# Table 1: MultiMNIST, linear probe on the upright modality\'s latent (%)', '',
@@ -148,8 +148,8 @@ def table1_markdown(cells, runs):
            f'seeds {seeds}; mean ± sample standard deviation over seeds (n runs per cell); '
            f'probe: {default_config.eval_config(some).probe_epochs} epochs. The paper\'s value '
            'is in brackets; it reports a single number per cell, from the reference protocol.'
-           + (f' Not the reference\'s numerics: {precision} (docs/algorithm.md §5.3, §5.4).'
-              if precision else ''),
+           + (f' Not the reference\'s numerics: {numerics} (docs/algorithm.md §5.3, §5.4).'
+              if numerics else ''),
            '']
   for readout, title in READOUT_TITLES.items():
     lines += [f'## {title}', '', '| discriminator | ' + ' | '.join(f'M = {m}' for m in ms) + ' |',
@@ -187,10 +187,10 @@ def table1_figure(cells, runs, path):
   axes[0][0].set_ylim(0, 100)
   axes[0][-1].legend(loc='lower right', fontsize=8)
   steps = int(next(iter(runs.values())).num_train_steps)
-  precision = _numerics(runs)
+  numerics = _numerics(runs)
   fig.suptitle(f'Table 1, {steps:,} steps per run (paper: 250,000); bars: mean over seeds, '
                'error bars: standard deviation, black marks: the paper'
-               + (f'; {precision}' if precision else ''),
+               + (f'; {numerics}' if numerics else ''),
                fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -18,7 +18,6 @@ from PIL import Image
 
 from mmali_jax.data import sources
 
-TENSORFLOW_INSTALLED = sources.tensorflow_installed()
 _SUMMARY_WRITER = 'clu.metric_writers.summary_writer'
 
 
@@ -92,7 +91,7 @@ class EventFileWriter:
     self._writer.close()
 
 
-if not TENSORFLOW_INSTALLED and _SUMMARY_WRITER not in sys.modules:
+if not sources.tensorflow_installed() and _SUMMARY_WRITER not in sys.modules:
   _stand_in = types.ModuleType(_SUMMARY_WRITER)
   _stand_in.SummaryWriter = EventFileWriter
   sys.modules[_SUMMARY_WRITER] = _stand_in
@@ -109,4 +108,4 @@ def create(workdir, main_process):
                                               asynchronous=True)
 
 
-__all__ = ['create', 'metric_writers', 'periodic_actions', 'TENSORFLOW_INSTALLED']
+__all__ = ['create', 'metric_writers', 'periodic_actions']

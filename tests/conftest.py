@@ -57,6 +57,12 @@ def small_config(name, arg=None, **overrides):
   return config
 
 
+# small_config's schedule and sizes as command-line flags, for tests that run a command.
+SMALL_COMMAND_FLAGS = ('--config.batch_size=8', '--config.data.multiplication=2',
+                       '--config.num_sample_images=4', '--config.eval.every_steps=0',
+                       '--config.log_every_steps=1', '--config.checkpoint_every_steps=2')
+
+
 @pytest.fixture(scope='session')
 def cache():
   """The session's compilation cache, for the commands tests run in subprocesses: the same

@@ -23,6 +23,7 @@ from mmali_jax import preemption
 from mmali_jax import train
 from mmali_jax.data import sources
 from tests.conftest import ROOT
+from tests.conftest import SMALL_COMMAND_FLAGS
 from tests.conftest import small_config
 
 STEPS = 8
@@ -31,10 +32,7 @@ STEPS = 8
 def _command(workdir, cache, steps=STEPS, *extra):
   return [sys.executable, os.path.join(ROOT, 'tests', 'command_worker.py'),
           '--config=configs/multimnist.py', f'--workdir={workdir}', f'--compilation_cache={cache}',
-          '--config.batch_size=8', '--config.data.multiplication=2',
-          '--config.num_sample_images=4', '--config.eval.every_steps=0',
-          '--config.log_every_steps=1', '--config.checkpoint_every_steps=2',
-          f'--config.num_train_steps={steps}', *extra]
+          *SMALL_COMMAND_FLAGS, f'--config.num_train_steps={steps}', *extra]
 
 
 def _start(workdir, cache, *extra):

@@ -10,6 +10,7 @@ import pytest
 from mmali_jax import curves
 from tests import digit_datasets
 from tests.conftest import ROOT
+from tests.conftest import SMALL_COMMAND_FLAGS
 
 # Runs `python -m mmali_jax.main ARGS` where TensorFlow is not found, as where it is not installed:
 # `import tensorflow` fails and importlib.util.find_spec('tensorflow') is None.
@@ -33,10 +34,8 @@ def _train_without_tensorflow(workdir, data_dir, cache):
   return subprocess.run(
       [sys.executable, '-c', _WITHOUT_TENSORFLOW, '--config=configs/multimnist.py',
        f'--workdir={workdir}', f'--compilation_cache={cache}',
-       f'--config.data.tfds_data_dir={data_dir}', '--config.batch_size=8',
-       '--config.data.multiplication=2', '--config.num_sample_images=4',
-       '--config.eval.every_steps=0', '--config.log_every_steps=1',
-       '--config.checkpoint_every_steps=2', '--config.num_train_steps=2'],
+       f'--config.data.tfds_data_dir={data_dir}', *SMALL_COMMAND_FLAGS,
+       '--config.num_train_steps=2'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
 
 

@@ -40,6 +40,9 @@ _DOWNLOAD_PROBE = ('storage.googleapis.com', 443)
 _READ_CHUNK = 8192
 # File formats TFDS reads without TensorFlow (tfds.data_source).
 _RANDOM_ACCESS_FORMATS = ('array_record', 'parquet')
+_WITHOUT_TENSORFLOW_FIX = ('Install it (pip install tensorflow-cpu, requirements.txt), or prepare '
+                           'the dataset as ArrayRecord where TensorFlow is installed (README '
+                           '"Data", "Without TensorFlow")')
 
 
 class MissingDatasetError(RuntimeError):
@@ -154,10 +157,8 @@ def _prepare(tfds, dataset, data_dir):
     where = data_dir_root(data_dir) + (' (the TFDS default)' if data_dir is None else '')
     raise MissingDatasetError(
         f'Dataset {dataset!r} is not prepared in {where}, and preparing it needs TensorFlow '
-        '(TFDS extracts and encodes with it), which is not installed. Install it (pip install '
-        'tensorflow-cpu, requirements.txt), or prepare the dataset as ArrayRecord where '
-        f'TensorFlow is installed (README "Data", "Without TensorFlow") and point {_CONFIG_FLAG} '
-        'at a copy of that folder.')
+        '(TFDS extracts and encodes with it), which is not installed. ' + _WITHOUT_TENSORFLOW_FIX
+        + f' and point {_CONFIG_FLAG} at a copy of that folder.')
   folder = manual_dir(data_dir)
   needed = _raw_files(tfds, dataset)
   missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
@@ -222,10 +223,8 @@ def _read_data_source(tfds, dataset, split, data_dir, feature):
     if file_format not in _RANDOM_ACCESS_FORMATS:
       raise MissingDatasetError(
           f'Dataset {dataset!r} in {data_dir_root(data_dir)} is prepared as {file_format}, which '
-          'only TensorFlow reads, and TensorFlow is not installed. Install it (pip install '
-          'tensorflow-cpu, requirements.txt), or prepare the dataset as ArrayRecord where '
-          'TensorFlow is installed (README "Data", "Without TensorFlow") and use that folder '
-          'here.')
+          'only TensorFlow reads, and TensorFlow is not installed. ' + _WITHOUT_TENSORFLOW_FIX
+          + ' and use that folder here.')
   source = tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
   supervised = None
   if feature is None:
@@ -331,6 +330,7 @@ def _missing_manual_message(tfds, dataset, data_dir, folder, needed, missing):
   return '\n'.join(lines)
 
 
+@functools.cache
 def tensorflow_installed():
   return importlib.util.find_spec('tensorflow') is not None
 
