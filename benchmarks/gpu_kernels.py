@@ -9,7 +9,8 @@ compilation, and this script counts, in the loop body that is one iteration, the
 become kernels: fusions (XLA's own kernels and its Triton matmuls), library calls (cuBLAS,
 cuDNN), copies and collectives, by network and direction (as benchmarks/profile_step.py
 attributes them); and the loops nested in an iteration whose trip count depends on data (each
-trip waits for the device unless the loop runs inside a CUDA graph). At the paper's batch of 64
+trip waits for the device unless the loop runs inside a CUDA graph). What a call runs once,
+outside its iterations (the batches of all of them are drawn there), is counted apart. At the paper's batch of 64
 most kernels are tiny, so on a GPU an iteration costs about its number of kernels times a few
 microseconds as much as its FLOPs: the count is what a GPU iteration's time can be judged by
 before a GPU is at hand. XLA cannot autotune without a device; the count does not depend on it.
@@ -86,35 +87,46 @@ def _loops(lines):
   return out
 
 
+def _kernels(lines):
+  return [line for line in lines if (m := _OPCODE.match(line)) and m.group(1) in _KERNEL_OPCODES]
+
+
+def _data_dependent_loops(comps, lines):
+  """(number of loops among `lines` whose trip count depends on data, kernels per trip)."""
+  loops = [body for body, trips in _loops(lines) if trips is None]
+  return len(loops), sum(len(_kernels(comps[body])) for body in loops)
+
+
 def count_kernels(hlo_text, steps_per_dispatch):
-  """The kernels of one iteration: the body of the loop that runs `steps_per_dispatch` times.
+  """The kernels of one iteration: the body of the loop that runs `steps_per_dispatch` times;
+  and those a call runs once, outside that loop (drawing the batches of all its iterations).
 
   -> {'kernels': n, 'by opcode': {...}, 'spectral-norm power iterations': n (of the kernels),
-      'by network': {...}, 'data-dependent loops': n,
-      'kernels per trip of those loops': n}
+      'by network': {...}, 'data-dependent loops': n, 'kernels per trip of those loops': n,
+      'per call, outside the loop': {'kernels': n, 'data-dependent loops': n,
+                                     'kernels per trip of those loops': n}}
   """
   comps = profile_step.computations(hlo_text)
   bodies = [body for lines in comps.values() for body, trips in _loops(lines)
             if trips == steps_per_dispatch]
   if len(bodies) != 1:
     raise ValueError(f'Expected one loop of {steps_per_dispatch} trips, found {len(bodies)}.')
-  lines = comps[bodies[0]]
   by_opcode, by_network, power_iterations = collections.Counter(), collections.Counter(), 0
-  for line in lines:
-    m = _OPCODE.match(line)
-    if not m or m.group(1) not in _KERNEL_OPCODES:
-      continue
-    by_opcode[_KERNEL_OPCODES[m.group(1)]] += 1
+  for line in _kernels(comps[bodies[0]]):
+    by_opcode[_KERNEL_OPCODES[_OPCODE.match(line).group(1)]] += 1
     op_name = re.search(r'op_name="([^"]*)"', line)
     power_iterations += bool(op_name and 'power_iteration' in op_name.group(1))
     by_network[profile_step._where(op_name.group(1) if op_name else '')] += 1  # pylint: disable=protected-access
-  inner = [body for body, trips in _loops(lines) if trips is None]
-  inner_kernels = sum(1 for body in inner for line in comps[body]
-                      if (m := _OPCODE.match(line)) and m.group(1) in _KERNEL_OPCODES)
+  loops, per_trip = _data_dependent_loops(comps, comps[bodies[0]])
+  entry = comps[re.search(r'^ENTRY %?([\w.\-]+) \(', hlo_text, re.M).group(1)]
+  outside_loops, outside_per_trip = _data_dependent_loops(comps, entry)
   return {'kernels': sum(by_opcode.values()), 'by opcode': dict(by_opcode.most_common()),
           'spectral-norm power iterations': power_iterations,
-          'by network': dict(by_network.most_common()), 'data-dependent loops': len(inner),
-          'kernels per trip of those loops': inner_kernels}
+          'by network': dict(by_network.most_common()), 'data-dependent loops': loops,
+          'kernels per trip of those loops': per_trip,
+          'per call, outside the loop': {
+              'kernels': len(_kernels(entry)), 'data-dependent loops': outside_loops,
+              'kernels per trip of those loops': outside_per_trip}}
 
 
 def compile_for_gpu(config, gpu, steps_per_dispatch):
@@ -142,15 +154,18 @@ def table(results, gpu, steps_per_dispatch, top):
            f'--gpu={gpu}`)', '',
            '| case | kernels per iteration | fusions | library calls | copies | of which in '
            'spectral-norm power iterations | data-dependent loops (kernels per trip) | '
-           'most kernels |',
-           '|---|---|---|---|---|---|---|---|']
+           'once per call, outside the iterations: kernels, data-dependent loops (kernels per '
+           'trip) | most kernels |',
+           '|---|---|---|---|---|---|---|---|---|']
   for name, r in results.items():
-    ops = r['by opcode']
+    ops, outside = r['by opcode'], r['per call, outside the loop']
     most = ', '.join(f'{k} {v}' for k, v in list(r['by network'].items())[:top])
     lines.append(f"| {name} | {r['kernels']} | {ops.get('fusions', 0)} | "
                  f"{ops.get('library calls', 0)} | {ops.get('copies', 0)} | "
                  f"{r['spectral-norm power iterations']} | "
-                 f"{r['data-dependent loops']} ({r['kernels per trip of those loops']}) | {most} |")
+                 f"{r['data-dependent loops']} ({r['kernels per trip of those loops']}) | "
+                 f"{outside['kernels']}, {outside['data-dependent loops']} "
+                 f"({outside['kernels per trip of those loops']}) | {most} |")
   return '\n'.join(lines) + '\n'
 
 

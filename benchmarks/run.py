@@ -16,11 +16,15 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
 - with --data_dir: iterations/s of the real training loop, `python -m mmali_jax.main` with
   evaluation off, read from the steps/s it logs (median after the first logging interval);
 - with --reference_dir: the authors' PyTorch iteration on random tensors
-  (benchmarks/reference_step.py), run in the same run on the same machine.
+  (benchmarks/reference_step.py), run in the same run on the same machine;
+- with --variants: the jitted step under other settings of the config (e.g. the opt-in
+  numerics modes), against the case's own config compiled in the same process and timed in
+  alternating rounds, with how much each changes the losses of the first call.
 
 Writes <out_dir>/<device>.json and <device>.md (a table) and prints the table; a subset of the
 cases (--cases) goes to <device>-subset.{json,md} instead.
 """
+import copy
 import json
 import os
 import platform
@@ -35,12 +39,14 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mmali_jax import config_checks
 from mmali_jax import curves
 from mmali_jax import networks
 from mmali_jax import train
@@ -67,6 +73,11 @@ flags.DEFINE_integer('loop_steps', 0, 'Steps of the training-loop run (0: from -
 flags.DEFINE_string('reference_dir', None, 'A checkout of the authors\' code (6b5d/mmali).')
 flags.DEFINE_string('reference_python', sys.executable,
                     'A Python with PyTorch and the reference\'s dependencies.')
+flags.DEFINE_list('variants', [], 'Settings of the config whose jitted step is timed against '
+                  'each case\'s own: config overrides as on the training command without '
+                  '"--config.", several in one variant joined by "+", variants separated by '
+                  'commas (e.g. "spectral_norm_estimates=per_phase,matmul_precision=tensorfloat32,'
+                  'spectral_norm_estimates=per_phase+matmul_precision=tensorfloat32").')
 FLAGS = flags.FLAGS
 
 
@@ -137,28 +148,37 @@ def _random_data(config, mods, num_examples=2000, num_pairs=20000):
           'key': train_step.data_key(config.seed)}
 
 
+class _Program:
+  """A config's training step compiled for `steps_per_dispatch` iterations per call, with its
+  initial state and device-resident random data."""
+
+  def __init__(self, config):
+    mods, gen, disc = networks.build(config)
+    mesh = train.make_mesh(config)
+    self.fn, shardings = train.compile_train_steps(config, gen, disc, mods, mesh)
+    self.state = jax.device_put(train_step.create_train_state(config, gen, disc, mods),
+                                shardings.replicated)
+    self.data = jax.device_put(_random_data(config, mods), shardings.replicated)
+    self.k = train.steps_per_dispatch(config)
+    start = time.perf_counter()
+    self.compiled = self.fn.lower(self.state, self.data, self.k).compile()
+    self.compile_s = time.perf_counter() - start
+
+  def __call__(self):
+    """One call (k iterations), from the state the previous call left; -> its metrics, ready."""
+    self.state, metrics = self.compiled(self.state, self.data)
+    return jax.block_until_ready(metrics)
+
+
 def benchmark_step(config, seconds):
   """Compile time, step and input-pipeline rates, FLOPs of the jitted training step."""
-  mods, gen, disc = networks.build(config)
-  mesh = train.make_mesh(config)
-  fn, shardings = train.compile_train_steps(config, gen, disc, mods, mesh)
-  state = jax.device_put(train_step.create_train_state(config, gen, disc, mods),
-                         shardings.replicated)
-  data = jax.device_put(_random_data(config, mods), shardings.replicated)
-  k = train.steps_per_dispatch(config)
-  start = time.perf_counter()
-  compiled = fn.lower(state, data, k).compile()
-  compile_s = time.perf_counter() - start
-  single = compiled if k == 1 else fn.lower(state, data, 1).compile()
+  program = _Program(config)
+  compiled, data, k = program.compiled, program.data, program.k
+  single = compiled if k == 1 else program.fn.lower(program.state, data, 1).compile()
   flops = single.cost_analysis().get('flops', float('nan'))
   program_memory = _program_memory(compiled)
-
-  def run():
-    nonlocal state
-    state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
-
-  step_s = _timed(run, seconds) / k
+  compile_s = program.compile_s
+  step_s = _timed(program, seconds) / k
 
   unpaired = bool(config.data.unpaired)
   sizes = [x.shape[0] for x in data['images']]
@@ -183,6 +203,64 @@ def benchmark_step(config, seconds):
               pipeline_batches_per_s=round(1 / pipeline_s, 1))
 
 
+def config_variant(config, variant):
+  """A copy of `config` with a variant's overrides, "field=value" joined by "+" and read as
+  `--config.field=value` is on the training command; a variant that cannot be read or that sets
+  an invalid value is a ValueError naming it."""
+  argv = ['variant'] + [f'--config.{item}' for item in variant.split('+')]
+  flag_values = flags.FlagValues()
+  try:
+    config_flags.DEFINE_config_dict('config', copy.deepcopy(config), flag_values=flag_values,
+                                    sys_argv=argv)
+    flag_values(argv)
+    out = flag_values.config
+    config_checks.check(out)
+  except (AttributeError, KeyError) as e:
+    field = str(e).strip('"\'')
+    raise ValueError(f'--variants: {variant!r} names a field the config does not have '
+                     f'({field!r}). '
+                     'Give config fields as on the training command without "--config.", '
+                     'several joined by "+": e.g. spectral_norm_estimates=per_phase'
+                     '+matmul_precision=tensorfloat32.') from None
+  except (flags.Error, ValueError) as e:
+    raise ValueError(f'--variants: {variant!r}: {e}') from None
+  return out
+
+
+def benchmark_variants(config, variants, seconds, rounds=5):
+  """The jitted step under each variant of `config` against `config`'s own: all compiled in one
+  process and timed in `rounds` alternating rounds (a machine whose speed drifts slows them
+  alike); median ms per iteration, and how much the variant changes the losses of the first call
+  from the same initial state and batches (0 for a variant that computes the same numbers)."""
+  programs = [('as configured', _Program(config))]
+  programs += [(v, _Program(config_variant(config, v))) for v in variants]
+  first = {name: program() for name, program in programs}
+  call_s = {name: _timed(program, 0, min_reps=1) for name, program in programs}
+  times = {name: [] for name, _ in programs}
+  for _ in range(rounds):
+    for name, program in programs:
+      calls = max(1, round(seconds / (rounds * len(programs) * call_s[name])))
+      start = time.perf_counter()
+      for _ in range(calls):
+        program()
+      times[name].append((time.perf_counter() - start) / (calls * program.k))
+  base_ms = 1000 * float(np.median(times['as configured']))
+  out = []
+  for name, _ in programs:
+    ms = 1000 * float(np.median(times[name]))
+    out.append(dict(variant=name, step_ms=round(ms, 2), speed_vs_configured=round(base_ms / ms, 3),
+                    **{f'{phase}_loss_change': float(abs(first[name][f'{phase}/total'] -
+                                                         first['as configured'][f'{phase}/total']))
+                       for phase in ('d', 'g')}))
+  return out
+
+
+def _last_line(result):
+  """The last line a failed command wrote to stderr (its error, as a rule)."""
+  lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+  return (lines or ['exit status %d' % result.returncode])[-1][:300]
+
+
 def benchmark_loop(config_file, arg, steps, data_dir):
   """Iterations/s of `python -m mmali_jax.main` (evaluation off), from the steps/s it logs."""
   workdir = tempfile.mkdtemp(prefix='mmali_bench_')
@@ -197,27 +275,32 @@ def benchmark_loop(config_file, arg, steps, data_dir):
     if result.returncode != 0:
       # Reported in the results; the other measurements and cases go on.
       print(result.stderr[-3000:], file=sys.stderr)
-      lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-      return dict(loop_error=(lines or ['exit status %d' % result.returncode])[-1][:300])
+      return dict(loop_error=_last_line(result))
     rates = [v for step, v in curves.read_scalars(workdir)['steps_per_sec'] if step > log_every]
     return dict(loop_iterations_per_s=round(float(np.median(rates)), 2), loop_steps=steps)
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def benchmark_reference(config_file, config):
+def benchmark_reference(config_file, config, reference_dir, reference_python, seconds):
+  """The authors' iteration for the case (benchmarks/reference_step.py, run by
+  `reference_python`): its ms and iterations/s, or the error it stopped with."""
   experiment = 'mnist_svhn' if config_file == 'mnist_svhn' else 'multimnist'
   kind = networks.discriminator_kind(config.discriminator)
   if experiment == 'mnist_svhn' and kind == 'monolithic':
     return {}  # the reference has no MNIST-SVHN baseline
-  cmd = [FLAGS.reference_python, os.path.join(ROOT, 'benchmarks', 'reference_step.py'),
-         f'--reference_dir={FLAGS.reference_dir}', f'--experiment={experiment}',
+  cmd = [reference_python, os.path.join(ROOT, 'benchmarks', 'reference_step.py'),
+         f'--reference_dir={reference_dir}', f'--experiment={experiment}',
          f'--modalities={len(config.modalities)}', f'--discriminator={kind}',
          f'--batch_size={config.batch_size}',
          f'--device={"cuda" if jax.devices()[0].platform == "gpu" else "cpu"}',
-         f'--steps={max(5, int(FLAGS.seconds / (0.5 if experiment == "mnist_svhn" else 0.1)))}']
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-  record = json.loads(out.strip().splitlines()[-1])
+         f'--steps={max(5, int(seconds / (0.5 if experiment == "mnist_svhn" else 0.1)))}']
+  result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+  if result.returncode != 0:
+    # Reported in the results, as a failed loop is: the measurements so far are kept.
+    print(result.stderr[-3000:], file=sys.stderr)
+    return dict(reference_error=_last_line(result))
+  record = json.loads(result.stdout.strip().splitlines()[-1])
   return dict(reference_ms=record['ms_per_iteration'],
               reference_iterations_per_s=record['iterations_per_s'],
               reference_torch=record['torch'], reference_device=record['device'])
@@ -235,6 +318,17 @@ def _table(results):
   lines = ['| ' + ' | '.join(c for c, _ in cols) + ' |', '|' + '---|' * len(cols)]
   for r in results:
     lines.append('| ' + ' | '.join(str(r.get(k, '–')) for _, k in cols) + ' |')
+  return '\n'.join(lines)
+
+
+def variants_table(results):
+  lines = ['| case | variant | step ms | speed vs as configured | loss change (D, G) |',
+           '|---|---|---|---|---|']
+  for r in results:
+    for v in r.get('variants', ()):
+      lines.append(f'| {r["case"]} | {v["variant"]} | {v["step_ms"]} | '
+                   f'{v["speed_vs_configured"]}x | {v["d_loss_change"]:.3g}, '
+                   f'{v["g_loss_change"]:.3g} |')
   return '\n'.join(lines)
 
 
@@ -258,6 +352,9 @@ def main(argv):
   del argv
   try:
     selected = select_cases(FLAGS.cases)
+    for _, config_file, arg in selected:  # every variant read before hours of measuring
+      for variant in FLAGS.variants:
+        config_variant(_load_config(config_file, arg), variant)
   except ValueError as e:
     sys.exit(str(e))
   device = device_name()
@@ -269,11 +366,14 @@ def main(argv):
     record = dict(case=case, config=f'configs/{config_file}.py:{arg}',
                   batch_size=config.batch_size, devices=jax.device_count())
     record.update(benchmark_step(config, FLAGS.seconds))
+    if FLAGS.variants:
+      record['variants'] = benchmark_variants(config, FLAGS.variants, FLAGS.seconds)
     if FLAGS.data_dir:
       steps = FLAGS.loop_steps or max(50, int(3 * FLAGS.seconds * record['step_iterations_per_s']))
       record.update(benchmark_loop(config_file, arg, steps, FLAGS.data_dir))
     if FLAGS.reference_dir:
-      record.update(benchmark_reference(config_file, config))
+      record.update(benchmark_reference(config_file, config, FLAGS.reference_dir,
+                                        FLAGS.reference_python, FLAGS.seconds))
       if 'reference_iterations_per_s' in record:
         ours = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
         record['speedup_vs_reference'] = round(ours / record['reference_iterations_per_s'], 2)
@@ -303,8 +403,16 @@ def main(argv):
           'run. Step memory: XLA\'s peak memory of the compiled step (dataset included). The '
           '250k-steps estimate uses the loop rate where measured.\n\n'
           + _table(results) + '\n')
+  if FLAGS.variants:
+    text += ('\n## Variants\n\nThe jitted step under other settings of the config, against the '
+             'case\'s own config compiled in the same process, timed in alternating rounds '
+             '(median ms per iteration); loss change: |D loss|, |G loss| of the first call minus '
+             'the case\'s own, from the same initial state and batches (0: the same numbers).\n\n'
+             + variants_table(results) + '\n')
   failed = [f'- {r["case"]}: the training loop failed: {r["loop_error"]}' for r in results
             if 'loop_error' in r]
+  failed += [f'- {r["case"]}: the reference failed: {r["reference_error"]}' for r in results
+             if 'reference_error' in r]
   if failed:
     text += '\n' + '\n'.join(failed) + '\n'
   with open(os.path.join(FLAGS.out_dir, f'{stem}.md'), 'w') as f:

@@ -132,10 +132,7 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None):
   train_step = make_train_step(config, gen, disc, mods)
   unpaired = bool(config.data.unpaired)
 
-  def one_step(state, data):
-    sizes = [x.shape[0] for x in data['images']]
-    indices = sampler.batch_indices(data['key'], state.step, data['pairs'].shape[0], sizes,
-                                    config.batch_size, unpaired)
+  def one_step(state, data, indices):
     if batch_sharding is not None:
       indices = jax.lax.with_sharding_constraint(indices, batch_sharding.indices)
     batch = sampler.gather(data['images'], data['pairs'], indices, unpaired)
@@ -148,10 +145,16 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None):
     step = precision.emulate_tf32(one_step)
 
   def train_steps(state, data, num_steps):
+    # The batches of all the call's iterations are drawn before its loop: they depend on
+    # (seed, step) alone, and the sampler's loop of data-dependent length (cycle walking), each
+    # trip of which waits on the device on a GPU, then runs once per call, not per iteration.
+    indices = sampler.batch_indices_of_steps(
+        data['key'], state.step, num_steps, data['pairs'].shape[0],
+        [x.shape[0] for x in data['images']], config.batch_size, unpaired)
     with jax.default_matmul_precision(precision.jax_precision(config.matmul_precision)):
       if num_steps == 1:
-        return step(state, data)
-      state, metrics = jax.lax.scan(lambda s, _: step(s, data), state, length=num_steps)
+        return step(state, data, jax.tree.map(lambda i: i[0], indices))
+      state, metrics = jax.lax.scan(lambda s, i: step(s, data, i), state, indices)
       return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
   return train_steps

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.conftest import small_config
 
 
 def _benchmark(name):
@@ -67,6 +68,7 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
   # The call's loop (3 trips) holds one iteration: 2 fusions (one a power iteration of the
   # discriminator D0 of modality 0), a cuDNN call returning a tuple, a copy, free bitcasts and
   # tuple accesses, and a cycle-walking loop of unknown trip count with one fusion per trip.
+  # (The loop sits in the iteration here, to check that one found there is counted.)
   power = ('jit(train_steps)/while/body/jvp(FactorizedDiscriminators.unimodal)/d0_0mnist/'
            'SpectralNorm_0/power_iteration/dot_general')
   hlo = '\n'.join([
@@ -91,6 +93,9 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
       '}', '',
       'ENTRY %main (a: (s32[], f32[4,4], u32[8])) -> (s32[], f32[4,4], u32[8]) {',
       '  %a = (s32[], f32[4,4]{1,0}, u32[8]{0}) parameter(0)',
+      # Once per call: a fusion and a cycle-walking loop drawing the batches of the 3 trips.
+      '  %keys = u32[8]{0} fusion(%a), kind=kLoop, calls=%f0',
+      '  %batches = u32[8]{0} while(%keys), condition=%walk_cond, body=%walk_body',
       '  ROOT %loop = (s32[], f32[4,4]{1,0}, u32[8]{0}) while(%a), condition=%c, body=%iteration, '
       'backend_config={"known_trip_count":{"n":"3"},"known_init_step":{"init":"0","step":"1"}}',
       '}'])
@@ -101,6 +106,8 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
   assert counts['by network'] == {'other (optimizer, sampler, losses)': 3,
                                   'forward unimodal/d0_0mnist': 1}
   assert counts['data-dependent loops'] == 1 and counts['kernels per trip of those loops'] == 1
+  assert counts['per call, outside the loop'] == {
+      'kernels': 1, 'data-dependent loops': 1, 'kernels per trip of those loops': 1}
   with pytest.raises(ValueError, match='one loop of 100 trips, found 0'):
     gpu_kernels.count_kernels(hlo, steps_per_dispatch=100)
 
@@ -140,3 +147,47 @@ def test_a_failed_training_loop_is_reported_and_the_benchmark_goes_on(tmp_path):
   record = run.benchmark_loop('multimnist', 'modalities=2', 2, str(tmp_path))
   assert list(record) == ['loop_error']
   assert "Dataset 'mnist' was only partly prepared" in record['loop_error']
+
+
+def test_variants_are_read_as_the_training_command_reads_config_overrides():
+  run = _benchmark('run')
+  config = small_config('multimnist', 'modalities=2')
+  variant = run.config_variant(config, 'spectral_norm_estimates=per_phase+optim.learning_rate=1e-3')
+  assert (variant.spectral_norm_estimates, variant.optim.learning_rate) == ('per_phase', 1e-3)
+  assert (config.spectral_norm_estimates, config.optim.learning_rate) == ('per_call', 2e-4)
+  with pytest.raises(ValueError, match=r"--variants: 'batch_size=16\+optim\.foo=1' names a field "
+                     r"the config does not have \('foo'\)\. Give config fields as on the "
+                     r'training command without "--config\."'):
+    run.config_variant(config, 'batch_size=16+optim.foo=1')
+  with pytest.raises(ValueError, match=r"--variants: 'spectral_norm_estimates=sometimes': "
+                     r"config\.spectral_norm_estimates='sometimes'; choose one of"):
+    run.config_variant(config, 'spectral_norm_estimates=sometimes')
+  with pytest.raises(ValueError, match=r"--variants: 'batch_size=x': .*invalid literal for int"):
+    run.config_variant(config, 'batch_size=x')
+
+
+def test_variants_are_timed_against_the_config_and_show_what_they_change():
+  run = _benchmark('run')
+  config = small_config('multimnist', 'modalities=2')
+  # Two variants that compile the program of the config itself (only the persistent cache's
+  # time): one computing the same numbers, one starting from other weights.
+  results = run.benchmark_variants(config, ['matmul_precision=highest', 'seed=1'], seconds=0.5,
+                                   rounds=2)
+  configured, same, other_seed = results
+  assert [r['variant'] for r in results] == ['as configured', 'matmul_precision=highest',
+                                             'seed=1']
+  assert configured['speed_vs_configured'] == 1.0
+  assert all(r['step_ms'] > 0 for r in results)
+  assert same['d_loss_change'] == same['g_loss_change'] == 0.0
+  assert other_seed['d_loss_change'] > 1e-4 and other_seed['g_loss_change'] > 1e-4
+  table = run.variants_table([{'case': 'M=2', 'variants': results}])
+  assert table.splitlines()[-1].startswith('| M=2 | seed=1 | ')
+
+
+def test_a_failed_reference_is_reported_and_the_benchmark_goes_on(tmp_path):
+  run = _benchmark('run')
+  # An empty folder for the authors' code (and, here, a Python that may lack torch).
+  record = run.benchmark_reference('multimnist', small_config('multimnist', 'modalities=2'),
+                                   str(tmp_path), sys.executable, seconds=1)
+  assert list(record) == ['reference_error']
+  assert record['reference_error'].startswith('ModuleNotFoundError: No module named')

@@ -89,6 +89,20 @@ def test_batches_are_a_pure_function_of_seed_and_step(unpaired):
   assert not np.array_equal(other_seed['b'][0], in_order[0]['b'][0])
 
 
+@pytest.mark.parametrize('unpaired', [False, True])
+def test_the_batches_of_several_steps_drawn_together_are_each_steps_own(unpaired):
+  # n = 1,700 rows: the Feistel domain is 4,096, so most lanes walk several times and the lanes
+  # drawn together need different numbers of trips.
+  sizes, num_pairs, key = [1700, 900], 1700, jax.random.PRNGKey(7)
+  together = jax.jit(lambda first: sampler.batch_indices_of_steps(
+      key, first, 5, num_pairs, sizes, 32, unpaired))(jnp.int32(3))
+  for k in range(5):
+    alone = sampler.batch_indices(key, 3 + k, num_pairs, sizes, 32, unpaired)
+    assert set(alone) == set(together)
+    for name, value in alone.items():
+      np.testing.assert_array_equal(together[name][k], value, err_msg=f'step {3 + k}, {name}')
+
+
 def test_paired_batches_are_pairs_and_a_pass_visits_every_pair_once():
   # One pair per image of modality 0: its index identifies the pair.
   images, pairs, _ = _data(sizes=(40, 40), multiplication=1)
