@@ -10,8 +10,9 @@ become kernels: fusions (XLA's own kernels and its Triton matmuls), library call
 cuDNN), copies and collectives, by network and direction (as benchmarks/profile_step.py
 attributes them); and the loops nested in an iteration whose trip count depends on data (each
 trip waits for the device unless the loop runs inside a CUDA graph). What a call runs once,
-outside its iterations (the batches of all of them are drawn there), is counted apart. At the paper's batch of 64
-most kernels are tiny, so on a GPU an iteration costs about its number of kernels times a few
+outside its iterations (drawing the batches of all of them, averaging their metrics), is counted
+apart: the instructions of the call's own computation, not those it reaches through calls or
+asynchronous operations. At the paper's batch of 64 most kernels are tiny, so on a GPU an iteration costs about its number of kernels times a few
 microseconds as much as its FLOPs: the count is what a GPU iteration's time can be judged by
 before a GPU is at hand. XLA cannot autotune without a device; the count does not depend on it.
 
@@ -77,12 +78,14 @@ _OPCODE = re.compile(r'^\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(')  # shap
 
 
 def _loops(lines):
-  """[(body, trip count or None where it depends on data)] of the while loops among `lines`."""
+  """[(body, condition, trip count or None where it depends on data)] of the while loops among
+  `lines`."""
   out = []
   for line in lines:
     if ' while(' in line:
       trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
       out.append((re.search(r'body=%?([\w.\-]+)', line).group(1),
+                  re.search(r'condition=%?([\w.\-]+)', line).group(1),
                   int(trips.group(1)) if trips else None))
   return out
 
@@ -92,9 +95,11 @@ def _kernels(lines):
 
 
 def _data_dependent_loops(comps, lines):
-  """(number of loops among `lines` whose trip count depends on data, kernels per trip)."""
-  loops = [body for body, trips in _loops(lines) if trips is None]
-  return len(loops), sum(len(_kernels(comps[body])) for body in loops)
+  """(number of loops among `lines` whose trip count depends on data, kernels per trip: those of
+  their bodies and of their conditions)."""
+  loops = [(body, condition) for body, condition, trips in _loops(lines) if trips is None]
+  return len(loops), sum(len(_kernels(comps[body])) + len(_kernels(comps.get(condition, [])))
+                         for body, condition in loops)
 
 
 def count_kernels(hlo_text, steps_per_dispatch):
@@ -107,7 +112,7 @@ def count_kernels(hlo_text, steps_per_dispatch):
                                      'kernels per trip of those loops': n}}
   """
   comps = profile_step.computations(hlo_text)
-  bodies = [body for lines in comps.values() for body, trips in _loops(lines)
+  bodies = [body for lines in comps.values() for body, _, trips in _loops(lines)
             if trips == steps_per_dispatch]
   if len(bodies) != 1:
     raise ValueError(f'Expected one loop of {steps_per_dispatch} trips, found {len(bodies)}.')

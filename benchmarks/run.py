@@ -184,18 +184,20 @@ def benchmark_step(config, seconds):
   sizes = [x.shape[0] for x in data['images']]
 
   @jax.jit
-  def pipeline(data, step):
-    indices = sampler.batch_indices(data['key'], step, data['pairs'].shape[0], sizes,
-                                    config.batch_size, unpaired)
-    return sampler.gather(data['images'], data['pairs'], indices, unpaired)
+  def pipeline(data, first_step):
+    # As a call of k iterations draws them: all indices first, then each iteration's images.
+    indices = sampler.batch_indices_of_steps(data['key'], first_step, k, data['pairs'].shape[0],
+                                             sizes, config.batch_size, unpaired)
+    return [sampler.gather(data['images'], data['pairs'], jax.tree.map(lambda i: i[j], indices),
+                           unpaired) for j in range(k)]
 
   counter = [0]
 
   def sample():
     counter[0] += 1
-    jax.block_until_ready(pipeline(data, counter[0]))
+    jax.block_until_ready(pipeline(data, counter[0] * k))
 
-  pipeline_s = _timed(sample, seconds / 4)
+  pipeline_s = _timed(sample, seconds / 4) / k
   return dict(compile_s=round(compile_s, 2), steps_per_dispatch=k,
               step_memory_mb=round(program_memory / 2 ** 20),
               step_iterations_per_s=round(1 / step_s, 2), step_ms=round(1000 * step_s, 2),
@@ -203,10 +205,27 @@ def benchmark_step(config, seconds):
               pipeline_batches_per_s=round(1 / pipeline_s, 1))
 
 
+def _unknown_field(config, variant):
+  """The first field a variant names that the config does not have, or None."""
+  for item in variant.split('+'):
+    node = config
+    for part in item.partition('=')[0].strip().split('.'):
+      if not hasattr(node, 'keys') or part not in node:
+        return item.partition('=')[0].strip()
+      node = node[part]
+  return None
+
+
 def config_variant(config, variant):
   """A copy of `config` with a variant's overrides, "field=value" joined by "+" and read as
   `--config.field=value` is on the training command; a variant that cannot be read or that sets
   an invalid value is a ValueError naming it."""
+  unknown = _unknown_field(config, variant)
+  if unknown is not None:
+    raise ValueError(f'--variants: {variant!r} names a field the config does not have '
+                     f'({unknown!r}). Give config fields as on the training command without '
+                     '"--config.", several joined by "+": e.g. spectral_norm_estimates=per_phase'
+                     '+matmul_precision=tensorfloat32.')
   argv = ['variant'] + [f'--config.{item}' for item in variant.split('+')]
   flag_values = flags.FlagValues()
   try:
@@ -215,13 +234,6 @@ def config_variant(config, variant):
     flag_values(argv)
     out = flag_values.config
     config_checks.check(out)
-  except (AttributeError, KeyError) as e:
-    field = str(e).strip('"\'')
-    raise ValueError(f'--variants: {variant!r} names a field the config does not have '
-                     f'({field!r}). '
-                     'Give config fields as on the training command without "--config.", '
-                     'several joined by "+": e.g. spectral_norm_estimates=per_phase'
-                     '+matmul_precision=tensorfloat32.') from None
   except (flags.Error, ValueError) as e:
     raise ValueError(f'--variants: {variant!r}: {e}') from None
   return out
@@ -230,15 +242,20 @@ def config_variant(config, variant):
 def benchmark_variants(config, variants, seconds, rounds=5):
   """The jitted step under each variant of `config` against `config`'s own: all compiled in one
   process and timed in `rounds` alternating rounds (a machine whose speed drifts slows them
-  alike); median ms per iteration, and how much the variant changes the losses of the first call
-  from the same initial state and batches (0 for a variant that computes the same numbers)."""
+  alike); median ms per iteration, and how much the variant changes the losses of the first call,
+  |loss - the config's loss|: 0 for a variant that computes the same numbers (from the same
+  initial state and batches unless the variant changes the seed, the batch size or the
+  iterations per call)."""
+  if len(set(variants)) != len(variants):
+    raise ValueError(f'--variants lists a variant twice: {variants}.')
   programs = [('as configured', _Program(config))]
   programs += [(v, _Program(config_variant(config, v))) for v in variants]
   first = {name: program() for name, program in programs}
   call_s = {name: _timed(program, 0, min_reps=1) for name, program in programs}
   times = {name: [] for name, _ in programs}
-  for _ in range(rounds):
-    for name, program in programs:
+  for r in range(rounds):
+    # Every other round in reverse order: no program is always the first after another.
+    for name, program in programs if r % 2 == 0 else programs[::-1]:
       calls = max(1, round(seconds / (rounds * len(programs) * call_s[name])))
       start = time.perf_counter()
       for _ in range(calls):
@@ -355,6 +372,8 @@ def main(argv):
     for _, config_file, arg in selected:  # every variant read before hours of measuring
       for variant in FLAGS.variants:
         config_variant(_load_config(config_file, arg), variant)
+    if len(set(FLAGS.variants)) != len(FLAGS.variants):
+      raise ValueError(f'--variants lists a variant twice: {FLAGS.variants}.')
   except ValueError as e:
     sys.exit(str(e))
   device = device_name()
@@ -366,6 +385,9 @@ def main(argv):
     record = dict(case=case, config=f'configs/{config_file}.py:{arg}',
                   batch_size=config.batch_size, devices=jax.device_count())
     record.update(benchmark_step(config, FLAGS.seconds))
+    device_peak = _device_peak_memory()  # before the variants' programs add theirs
+    if device_peak is not None:
+      record['device_peak_memory_mb'] = round(device_peak / 2 ** 20)
     if FLAGS.variants:
       record['variants'] = benchmark_variants(config, FLAGS.variants, FLAGS.seconds)
     if FLAGS.data_dir:
@@ -378,9 +400,6 @@ def main(argv):
         ours = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
         record['speedup_vs_reference'] = round(ours / record['reference_iterations_per_s'], 2)
     rate = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
-    device_peak = _device_peak_memory()
-    if device_peak is not None:
-      record['device_peak_memory_mb'] = round(device_peak / 2 ** 20)
     record.update(
         gflop_per_iteration=round(record['flops_per_iteration'] / 1e9, 2),
         achieved_gflop_per_s=round(record.pop('achieved_flops_per_s') / 1e9, 1),
@@ -406,8 +425,9 @@ def main(argv):
   if FLAGS.variants:
     text += ('\n## Variants\n\nThe jitted step under other settings of the config, against the '
              'case\'s own config compiled in the same process, timed in alternating rounds '
-             '(median ms per iteration); loss change: |D loss|, |G loss| of the first call minus '
-             'the case\'s own, from the same initial state and batches (0: the same numbers).\n\n'
+             '(median ms per iteration); loss change: |D loss - the case\'s own| and the same '
+             'for the G loss, in the first call from the same initial state and batches (0: the '
+             'same numbers).\n\n'
              + variants_table(results) + '\n')
   failed = [f'- {r["case"]}: the training loop failed: {r["loop_error"]}' for r in results
             if 'loop_error' in r]

@@ -122,7 +122,7 @@ def make_train_step(config, gen, disc, mods):
 
 def make_train_steps(config, gen, disc, mods, batch_sharding=None):
   """-> train_steps(state, data, num_steps) -> (state, metrics): `num_steps` iterations in one
-  call (`num_steps` is static), each drawing its batches on the device from (seed, step).
+  call (`num_steps` is static), their batches drawn on the device from (seed, step).
 
   data: {'images': (uint8 [N_m, H, W, C] per modality), 'pairs': int32 [P, M], 'key': the data
   key}, resident on the devices (`device_data`). The returned metrics are the means over the
@@ -146,8 +146,9 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None):
 
   def train_steps(state, data, num_steps):
     # The batches of all the call's iterations are drawn before its loop: they depend on
-    # (seed, step) alone, and the sampler's loop of data-dependent length (cycle walking), each
-    # trip of which waits on the device on a GPU, then runs once per call, not per iteration.
+    # (seed, step) alone, and the sampler's loops of data-dependent length (cycle walking, one
+    # per stream), each trip of which waits on the device on a GPU, then run once per call, not
+    # once per iteration.
     indices = sampler.batch_indices_of_steps(
         data['key'], state.step, num_steps, data['pairs'].shape[0],
         [x.shape[0] for x in data['images']], config.batch_size, unpaired)

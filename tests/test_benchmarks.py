@@ -1,5 +1,6 @@
 """The benchmarks' bookkeeping: where an operation belongs, how busy the threads were, how many
-kernels a GPU iteration launches."""
+kernels a GPU iteration launches, how variants of a config are read and compared, and what a
+failed training loop or reference does to a run."""
 import importlib
 import os
 import sys
@@ -67,12 +68,17 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
   gpu_kernels = _benchmark('gpu_kernels')
   # The call's loop (3 trips) holds one iteration: 2 fusions (one a power iteration of the
   # discriminator D0 of modality 0), a cuDNN call returning a tuple, a copy, free bitcasts and
-  # tuple accesses, and a cycle-walking loop of unknown trip count with one fusion per trip.
-  # (The loop sits in the iteration here, to check that one found there is counted.)
+  # tuple accesses, and a cycle-walking loop of unknown trip count (a fusion in its condition
+  # and one in its body). (Training draws its batches before the iterations: the loop sits in
+  # the iteration here to check that one found there is counted.)
   power = ('jit(train_steps)/while/body/jvp(FactorizedDiscriminators.unimodal)/d0_0mnist/'
            'SpectralNorm_0/power_iteration/dot_general')
   hlo = '\n'.join([
       'HloModule m', '',
+      '%walk_cond (p: u32[8]) -> pred[] {',
+      '  %p = u32[8]{0} parameter(0)',
+      '  ROOT %fusion.8 = pred[] fusion(%p), kind=kInput, calls=%f8',
+      '}', '',
       '%walk_body (p: u32[8]) -> u32[8] {',
       '  %p = u32[8]{0} parameter(0)',
       '  ROOT %fusion.9 = u32[8]{0} fusion(%p), kind=kLoop, calls=%f9',
@@ -105,9 +111,10 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
   assert counts['spectral-norm power iterations'] == 1
   assert counts['by network'] == {'other (optimizer, sampler, losses)': 3,
                                   'forward unimodal/d0_0mnist': 1}
-  assert counts['data-dependent loops'] == 1 and counts['kernels per trip of those loops'] == 1
+  # A trip runs the loop's condition (a reduction) and its body.
+  assert counts['data-dependent loops'] == 1 and counts['kernels per trip of those loops'] == 2
   assert counts['per call, outside the loop'] == {
-      'kernels': 1, 'data-dependent loops': 1, 'kernels per trip of those loops': 1}
+      'kernels': 1, 'data-dependent loops': 1, 'kernels per trip of those loops': 2}
   with pytest.raises(ValueError, match='one loop of 100 trips, found 0'):
     gpu_kernels.count_kernels(hlo, steps_per_dispatch=100)
 
@@ -156,9 +163,12 @@ def test_variants_are_read_as_the_training_command_reads_config_overrides():
   assert (variant.spectral_norm_estimates, variant.optim.learning_rate) == ('per_phase', 1e-3)
   assert (config.spectral_norm_estimates, config.optim.learning_rate) == ('per_call', 2e-4)
   with pytest.raises(ValueError, match=r"--variants: 'batch_size=16\+optim\.foo=1' names a field "
-                     r"the config does not have \('foo'\)\. Give config fields as on the "
+                     r"the config does not have \('optim\.foo'\)\. Give config fields as on the "
                      r'training command without "--config\."'):
     run.config_variant(config, 'batch_size=16+optim.foo=1')
+  with pytest.raises(ValueError, match=r"names a field the config does not have "
+                     r"\('optim\.learning_rat'\)\. Give"):
+    run.config_variant(config, 'optim.learning_rat=1e-3')
   with pytest.raises(ValueError, match=r"--variants: 'spectral_norm_estimates=sometimes': "
                      r"config\.spectral_norm_estimates='sometimes'; choose one of"):
     run.config_variant(config, 'spectral_norm_estimates=sometimes')
@@ -180,6 +190,8 @@ def test_variants_are_timed_against_the_config_and_show_what_they_change():
   assert all(r['step_ms'] > 0 for r in results)
   assert same['d_loss_change'] == same['g_loss_change'] == 0.0
   assert other_seed['d_loss_change'] > 1e-4 and other_seed['g_loss_change'] > 1e-4
+  with pytest.raises(ValueError, match='lists a variant twice'):
+    run.benchmark_variants(config, ['seed=1', 'seed=1'], seconds=0.5)
   table = run.variants_table([{'case': 'M=2', 'variants': results}])
   assert table.splitlines()[-1].startswith('| M=2 | seed=1 | ')
 

@@ -91,8 +91,8 @@ def test_batches_are_a_pure_function_of_seed_and_step(unpaired):
 
 @pytest.mark.parametrize('unpaired', [False, True])
 def test_the_batches_of_several_steps_drawn_together_are_each_steps_own(unpaired):
-  # n = 1,700 rows: the Feistel domain is 4,096, so most lanes walk several times and the lanes
-  # drawn together need different numbers of trips.
+  # n = 1,700 rows in a Feistel domain of 4,096: more than half of the lanes walk at least once,
+  # and the lanes drawn together need different numbers of trips.
   sizes, num_pairs, key = [1700, 900], 1700, jax.random.PRNGKey(7)
   together = jax.jit(lambda first: sampler.batch_indices_of_steps(
       key, first, 5, num_pairs, sizes, 32, unpaired))(jnp.int32(3))

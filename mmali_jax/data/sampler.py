@@ -111,8 +111,8 @@ def batch_indices_of_steps(key, first_step, num_steps, num_pairs, modality_sizes
                            unpaired=False):
   """`batch_indices` of iterations first_step .. first_step + num_steps - 1, stacked: each
   [num_steps, M, B]. The same indices as each iteration's own call, drawn together: cycle walking
-  (`permute`) then runs one loop for all of them, whose trip count is the largest any lane needs,
-  instead of one loop per iteration."""
+  (`permute`) then runs one loop per stream for all of them, whose trip count is the largest any
+  lane needs, instead of one per stream and iteration (one stream in paired mode)."""
   steps = jnp.asarray(first_step, jnp.uint32) + jnp.arange(num_steps, dtype=jnp.uint32)
   return jax.vmap(lambda step: batch_indices(key, step, num_pairs, modality_sizes, batch_size,
                                              unpaired))(steps)
