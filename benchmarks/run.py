@@ -239,6 +239,14 @@ def config_variant(config, variant):
   return out
 
 
+def check_variants(config, variants):
+  """ValueError naming the problem where a list of variants of `config` cannot be measured."""
+  if len(set(variants)) != len(variants):
+    raise ValueError(f'--variants lists a variant twice: {variants}.')
+  for variant in variants:
+    config_variant(config, variant)
+
+
 def benchmark_variants(config, variants, seconds, rounds=5):
   """The jitted step under each variant of `config` against `config`'s own: all compiled in one
   process and timed in `rounds` alternating rounds (a machine whose speed drifts slows them
@@ -246,8 +254,7 @@ def benchmark_variants(config, variants, seconds, rounds=5):
   |loss - the config's loss|: 0 for a variant that computes the same numbers (from the same
   initial state and batches unless the variant changes the seed, the batch size or the
   iterations per call)."""
-  if len(set(variants)) != len(variants):
-    raise ValueError(f'--variants lists a variant twice: {variants}.')
+  check_variants(config, variants)
   programs = [('as configured', _Program(config))]
   programs += [(v, _Program(config_variant(config, v))) for v in variants]
   first = {name: program() for name, program in programs}
@@ -370,10 +377,7 @@ def main(argv):
   try:
     selected = select_cases(FLAGS.cases)
     for _, config_file, arg in selected:  # every variant read before hours of measuring
-      for variant in FLAGS.variants:
-        config_variant(_load_config(config_file, arg), variant)
-    if len(set(FLAGS.variants)) != len(FLAGS.variants):
-      raise ValueError(f'--variants lists a variant twice: {FLAGS.variants}.')
+      check_variants(_load_config(config_file, arg), FLAGS.variants)
   except ValueError as e:
     sys.exit(str(e))
   device = device_name()
