@@ -1,7 +1,8 @@
 """How many kernels one training iteration launches on a GPU, found without a GPU.
 
   pip install "jax[cuda12]==$(python -c 'import jax; print(jax.__version__)')"   # compiles, needs no GPU
-  python benchmarks/gpu_kernels.py [--gpu=h200] [--cases=MultiMNIST] [--steps_per_dispatch=100]
+  python benchmarks/gpu_kernels.py [--gpu=h200] [--cases=MultiMNIST] [--steps_per_dispatch=100] \
+      [--variants=spectral_norm_estimates=per_phase]   # config settings counted beside each case's own
 
 XLA compiles each benchmark case's training steps (`steps_per_dispatch` iterations in one call, as
 training runs on accelerators, the state donated) for the described GPU through JAX's deviceless
@@ -69,7 +70,7 @@ flags.DEFINE_integer('steps_per_dispatch', 100, 'Iterations per call, as trainin
                      '(at least 2: the iteration is found as the body of their loop).',
                      lower_bound=2)
 flags.DEFINE_integer('networks', 6, 'Networks and directions listed per case, by kernels.')
-FLAGS = flags.FLAGS  # --cases and --out_dir: benchmarks/run.py's
+FLAGS = flags.FLAGS  # --cases, --variants and --out_dir: benchmarks/run.py's
 
 _KERNEL_OPCODES = {'fusion': 'fusions', 'custom-call': 'library calls', 'copy': 'copies',
                    'all-reduce': 'collectives', 'all-gather': 'collectives',
@@ -153,10 +154,11 @@ def compile_for_gpu(config, gpu, steps_per_dispatch):
   return fn.lower(state, data, steps_per_dispatch).compile().as_text()
 
 
-def table(results, gpu, steps_per_dispatch, top):
+def table(results, gpu, steps_per_dispatch, top, variants=()):
+  command = f'python benchmarks/gpu_kernels.py --gpu={gpu}' + (
+      f' --variants={",".join(variants)}' if variants else '')
   lines = [f'Kernels per training iteration compiled for one {gpu.upper()} (jax {jax.__version__}, '
-           f'batch 64, {steps_per_dispatch} iterations per call; `python benchmarks/gpu_kernels.py '
-           f'--gpu={gpu}`)', '',
+           f'batch 64, {steps_per_dispatch} iterations per call; `{command}`)', '',
            '| case | kernels per iteration | fusions | library calls | copies | of which in '
            'spectral-norm power iterations | data-dependent loops (kernels per trip) | '
            'once per call, outside the iterations: kernels, data-dependent loops (kernels per '
@@ -177,22 +179,31 @@ def table(results, gpu, steps_per_dispatch, top):
 def main(argv):
   del argv
   jax.config.update('jax_platforms', 'cpu')  # compile for the GPU, run nothing on one
-  selected = [s.strip() for s in FLAGS.cases.split(',') if s.strip()]
+  try:
+    selected = benchmarks.select_cases(FLAGS.cases)
+    configs = [(name, benchmarks._load_config(config_file, arg))  # pylint: disable=protected-access
+               for name, config_file, arg in selected]
+    for _, config in configs:
+      benchmarks.check_variants(config, FLAGS.variants)
+  except ValueError as e:
+    sys.exit(str(e))
   results = {}
-  for name, config_name, arg in benchmarks.CASES:
-    if selected and not any(s in name for s in selected):
-      continue
-    config = benchmarks._load_config(config_name, arg)  # pylint: disable=protected-access
-    hlo = compile_for_gpu(config, FLAGS.gpu, FLAGS.steps_per_dispatch)
-    results[name] = count_kernels(hlo, FLAGS.steps_per_dispatch)
-    print(f"{name}: {results[name]['kernels']} kernels per iteration", flush=True)
-  text = table(results, FLAGS.gpu, FLAGS.steps_per_dispatch, FLAGS.networks)
+  for name, config in configs:
+    for variant in [None] + FLAGS.variants:
+      label = name if variant is None else f'{name}, {variant}'
+      program = config if variant is None else benchmarks.config_variant(config, variant)
+      hlo = compile_for_gpu(program, FLAGS.gpu, FLAGS.steps_per_dispatch)
+      results[label] = count_kernels(hlo, FLAGS.steps_per_dispatch)
+      print(f"{label}: {results[label]['kernels']} kernels per iteration", flush=True)
+  text = table(results, FLAGS.gpu, FLAGS.steps_per_dispatch, FLAGS.networks, FLAGS.variants)
   print(text)
   os.makedirs(FLAGS.out_dir, exist_ok=True)
-  base = os.path.join(FLAGS.out_dir, f'gpu-kernels-{FLAGS.gpu}')
+  # a subset of the cases never overwrites the full table
+  base = os.path.join(FLAGS.out_dir, benchmarks.results_name(f'gpu-kernels-{FLAGS.gpu}', selected))
   with open(base + '.json', 'w') as f:
     json.dump({'gpu': FLAGS.gpu, 'jax': jax.__version__,
-               'steps_per_dispatch': FLAGS.steps_per_dispatch, 'cases': results}, f, indent=2)
+               'steps_per_dispatch': FLAGS.steps_per_dispatch, 'variants': FLAGS.variants,
+               'cases': results}, f, indent=2)
   with open(base + '.md', 'w') as f:
     f.write(text)
 

@@ -70,6 +70,11 @@ def base_config():
   # the phase seeing that estimate (SN-GAN's one iteration per update). 'per_phase' changes the
   # numbers and is opt-in until shown within noise of 'per_call' (docs/performance.md).
   config.spectral_norm_estimates = 'per_call'
+  # Where the power iterations run: in each discriminator call (False), or for a whole D step or
+  # G step before its calls, batched over the layers whose kernels have one shape (True): the
+  # same estimates, in fewer GPU kernels (mmali_jax/power_iterations.py). None: True on GPU/TPU,
+  # False on CPU.
+  config.power_iterations_up_front = ml_collections.config_dict.placeholder(bool)
   # Local devices the batch is sharded over ('data' mesh axis); None = all of them.
   config.num_devices = ml_collections.config_dict.placeholder(int)
 

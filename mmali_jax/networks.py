@@ -6,6 +6,7 @@ from mmali_jax import config_checks
 from mmali_jax import default_config
 from mmali_jax import modalities as modalities_lib
 from mmali_jax import posterior
+from mmali_jax import power_iterations
 from mmali_jax.models import discriminators
 from mmali_jax.models import generators
 
@@ -47,16 +48,28 @@ class Bound:
   calls of a network compute the same power iteration (XLA computes it once, and the image
   branch of calls that score the same images once too) and see the same estimate; `disc_stats`
   ends one iteration on from the phase's.
+
+  calls: None, each call runs its own power iterations; a list, the same, and each call is
+  appended to it (`power_iterations.record_calls`); the tuple that records, the phase's power
+  iterations run before its calls, batched over the layers of one shape
+  (`power_iterations.Plan`): the same estimates.
   """
 
   def __init__(self, gen, disc, gen_params, disc_params, disc_stats, style_dim,
-               spectral_norm_estimates='per_call'):
+               spectral_norm_estimates='per_call', calls=None):
     self.gen, self.disc = gen, disc
     self.gen_params, self.disc_params, self.disc_stats = gen_params, disc_params, disc_stats
     self.style_dim = style_dim
     if spectral_norm_estimates not in ('per_call', 'per_phase'):
       raise ValueError(f'spectral_norm_estimates={spectral_norm_estimates!r}')
     self._phase_stats = disc_stats if spectral_norm_estimates == 'per_phase' else None
+    self._plan, self._record = None, None
+    if isinstance(calls, tuple):
+      self._plan = power_iterations.Plan(calls, disc_params, disc_stats,
+                                         per_phase=spectral_norm_estimates == 'per_phase')
+      self.disc_stats = self._plan.final_stats
+    elif calls is not None:
+      self._record = calls
 
   def encode(self, m, x):
     """(mean, log-variance) of q(z | x_m)."""
@@ -71,6 +84,11 @@ class Bound:
     return self.gen.apply({'params': self.gen_params}, m, z, method='decode')
 
   def _discriminate(self, method, *args):
+    call = (method,) + tuple(a for a in args if isinstance(a, int))  # e.g. ('unimodal', 1)
+    if self._plan is not None:
+      return self.disc.apply({'params': self.disc_params, 'batch_stats': self.disc_stats,
+                              **self._plan.estimates(call)},
+                             *args, update_stats=True, method=method)
     start = self.disc_stats if self._phase_stats is None else self._phase_stats
     out, updates = self.disc.apply(
         {'params': self.disc_params, 'batch_stats': start}, *args,
@@ -84,6 +102,8 @@ class Bound:
       # tracing, so it costs no operations.
       self.disc_stats = jax.tree.map(lambda new, old, cur: cur if new is old else new,
                                      updates['batch_stats'], start, self.disc_stats)
+    if self._record is not None:
+      self._record.append((call, power_iterations.moved_layers(start, updates['batch_stats'])))
     return out
 
   def d0(self, m, x, z):

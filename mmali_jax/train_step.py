@@ -13,6 +13,7 @@ import optax
 from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import objectives
+from mmali_jax import power_iterations
 from mmali_jax import precision
 from mmali_jax.data import sampler
 from mmali_jax.models import layers
@@ -69,7 +70,15 @@ def ema_update(ema_params, params, step, decay, start_step):
   return optax.incremental_update(params, ema_params, step_size)
 
 
-def make_train_step(config, gen, disc, mods):
+def power_iterations_up_front(config, platform=None):
+  """config.power_iterations_up_front, or automatically: on accelerators, not on CPU. platform:
+  where the step runs ('cpu', 'gpu', ...; default JAX's default backend)."""
+  if config.power_iterations_up_front is not None:
+    return bool(config.power_iterations_up_front)
+  return (platform or jax.default_backend()) != 'cpu'
+
+
+def make_train_step(config, gen, disc, mods, platform=None):
   """-> train_step(state, batch) -> (state, metrics), one iteration on the given batches.
 
   `batch` maps 'a', 'b', 'b_marginals', 'c', 'd' to a list of uint8 images [B, H, W, C], one per
@@ -77,30 +86,37 @@ def make_train_step(config, gen, disc, mods):
   """
   objective = objectives.OBJECTIVES[networks.discriminator_kind(config.discriminator)]
   opt = make_optimizer(config)
+  up_front = power_iterations_up_front(config, platform)
+
+  def planned(loss_fn, params):
+    """loss_fn with the phase's power iterations run before its calls, where configured."""
+    if not up_front:
+      return loss_fn
+    return functools.partial(loss_fn, calls=power_iterations.record_calls(loss_fn, params))
 
   def train_step(state, batch):
     rng_d, rng_g = jax.random.split(jax.random.fold_in(state.rng, state.step))
     xs = {key: [images.to_float(x) for x in per_modality] for key, per_modality in batch.items()}
 
-    def d_loss_fn(disc_params):
+    def d_loss_fn(disc_params, calls=None):
       nets = networks.Bound(gen, disc, state.gen_params, disc_params, state.disc_stats,
-                            config.style_dim, config.spectral_norm_estimates)
+                            config.style_dim, config.spectral_norm_estimates, calls)
       loss, metrics = objective.discriminator_loss(nets, xs, rng_d, config, mods)
       return loss, (metrics, nets.disc_stats)
 
-    (d_loss, (d_metrics, disc_stats)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-        state.disc_params)
+    (d_loss, (d_metrics, disc_stats)), d_grads = jax.value_and_grad(
+        planned(d_loss_fn, state.disc_params), has_aux=True)(state.disc_params)
     d_updates, disc_opt_state = opt.update(d_grads, state.disc_opt_state, state.disc_params)
     disc_params = optax.apply_updates(state.disc_params, d_updates)
 
-    def g_loss_fn(gen_params):
+    def g_loss_fn(gen_params, calls=None):
       nets = networks.Bound(gen, disc, gen_params, disc_params, disc_stats, config.style_dim,
-                            config.spectral_norm_estimates)
+                            config.spectral_norm_estimates, calls)
       loss, metrics = objective.generator_loss(nets, xs, rng_g, config, mods)
       return loss, (metrics, nets.disc_stats)
 
-    (g_loss, (g_metrics, disc_stats)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        state.gen_params)
+    (g_loss, (g_metrics, disc_stats)), g_grads = jax.value_and_grad(
+        planned(g_loss_fn, state.gen_params), has_aux=True)(state.gen_params)
     g_updates, gen_opt_state = opt.update(g_grads, state.gen_opt_state, state.gen_params)
     gen_params = optax.apply_updates(state.gen_params, g_updates)
 
@@ -120,16 +136,17 @@ def make_train_step(config, gen, disc, mods):
   return train_step
 
 
-def make_train_steps(config, gen, disc, mods, batch_sharding=None):
+def make_train_steps(config, gen, disc, mods, batch_sharding=None, platform=None):
   """-> train_steps(state, data, num_steps) -> (state, metrics): `num_steps` iterations in one
   call (`num_steps` is static), their batches drawn on the device from (seed, step).
 
   data: {'images': (uint8 [N_m, H, W, C] per modality), 'pairs': int32 [P, M], 'key': the data
   key}, resident on the devices (`device_data`). The returned metrics are the means over the
   `num_steps` iterations, reduced on the device. batch_sharding: where the batch of an
-  iteration lives (split over the 'data' mesh axis), or None.
+  iteration lives (split over the 'data' mesh axis), or None. platform: where the steps run
+  (default JAX's default backend).
   """
-  train_step = make_train_step(config, gen, disc, mods)
+  train_step = make_train_step(config, gen, disc, mods, platform)
   unpaired = bool(config.data.unpaired)
 
   def one_step(state, data, indices):

@@ -22,6 +22,9 @@ import numpy as np
 from mmali_jax.models import convolutions
 
 EPSILON = 1e-12
+# The collection in which a call may be given its layers' sigmas, computed before the call
+# (mmali_jax/power_iterations.py); a layer given one runs no power iteration of its own.
+ESTIMATES = 'spectral_estimates'
 
 
 def _l2_normalize(x):
@@ -35,6 +38,11 @@ def power_iteration(kernel, u):
   with jax.named_scope('power_iteration'):  # named in profiles and kernel counts
     new_u, sigma = _power_iteration(kernel.reshape(-1, kernel.shape[-1]), u[0])
   return new_u[None], sigma
+
+
+def chain_step(matrix, u):
+  """`power_iteration` on a kernel already shaped [-1, out], u a vector: -> (new u, sigma)."""
+  return _power_iteration(matrix, u)
 
 
 @jax.custom_vjp
@@ -113,9 +121,12 @@ class SpectralNorm(nn.Module):
                       self.make_rng('params') if self.is_initializing() else None,
                       (1, kernel.shape[-1]), jnp.float32)
     sigma_var = self.variable('batch_stats', f'{name}/kernel/sigma', jnp.ones, (), jnp.float32)
-    new_u, sigma = power_iteration(kernel, u.value)
-    if update_stats:
-      u.value, sigma_var.value = new_u, sigma
+    if self.has_variable(ESTIMATES, f'{name}/kernel/sigma'):
+      sigma = self.get_variable(ESTIMATES, f'{name}/kernel/sigma')  # its iteration ran before
+    else:
+      new_u, sigma = power_iteration(kernel, u.value)
+      if update_stats:
+        u.value, sigma_var.value = new_u, sigma
     if isinstance(self.layer, Conv):
       y = convolutions.conv2d(x, kernel, self.stride, self.padding)
     else:

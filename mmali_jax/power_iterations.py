@@ -1,0 +1,102 @@
+"""A phase's spectral-norm power iterations computed before its discriminator calls, batched.
+
+In a D step or G step every discriminator call runs one power iteration on each of its layers
+(docs/algorithm.md §5.4): a layer called K times in the phase goes through the chain
+u_0 -> (u_1, sigma_1) -> ... -> (u_K, sigma_K), its k-th call dividing by sigma_k. The chain
+depends on the weights only, never on the data, so it can run before the calls; and the chains
+of layers whose kernels have one shape (each modality's D0, D1 and critic branch where the
+modalities share an architecture, the image branches of D0, D1 and T) can run as one batched
+chain. The calls then divide by the sigma they are given. Same arithmetic, one power iteration
+per call as before (float rounding aside: a batched product may sum in another order); on a GPU
+the phase launches a chain's few kernels per shape instead of per layer and call.
+
+Which layers a call runs is found by tracing the phase once abstractly (`record_calls`): the
+layers whose estimates a call changes. The calls of the real trace are checked against it.
+"""
+import collections
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from mmali_jax.models import spectral
+
+_U, _SIGMA = '/u', '/sigma'
+
+
+def record_calls(loss_fn, *args):
+  """The discriminator calls of `loss_fn(*args, calls=[])` (which passes `calls` to its
+  `networks.Bound`), traced abstractly: a tuple of (call, layers whose estimates it moved)."""
+  calls = []
+  jax.eval_shape(lambda *a: loss_fn(*a, calls=calls), *args)
+  return tuple(calls)
+
+
+def moved_layers(before, after):
+  """The layers (stats paths without the '/u' or '/sigma' ending) whose estimates a call moved:
+  Flax returns the variables a call did not touch as the very arrays it was given."""
+  flat_before = traverse_util.flatten_dict(before)
+  return tuple(key[:-1] + (key[-1][:-len(_U)],)
+               for key, value in traverse_util.flatten_dict(after).items()
+               if key[-1].endswith(_U) and value is not flat_before[key])
+
+
+def _kernel_path(layer):
+  # (..., 'SpectralNorm_3', 'Dense_1/kernel') -> (..., 'Dense_1', 'kernel'): the layer's
+  # parameters live in the module that created it (models/spectral.py).
+  return layer[:-2] + tuple(layer[-1].split('/'))
+
+
+class Plan:
+  """The estimates of every call of a phase, computed when the plan is made.
+
+  calls: `record_calls`'s result for the phase. per_phase: every call sees the estimate one
+  iteration on from the phase's (spectral_norm_estimates='per_phase') instead of one iteration
+  on from the previous call's."""
+
+  def __init__(self, calls, disc_params, disc_stats, per_phase=False):
+    self._calls = calls
+    flat_params = traverse_util.flatten_dict(disc_params)
+    flat_stats = traverse_util.flatten_dict(disc_stats)
+    counts = collections.Counter(layer for _, layers in calls for layer in layers)
+    if per_phase:
+      counts = {layer: 1 for layer in counts}
+    by_shape = collections.defaultdict(list)
+    for layer in counts:
+      kernel = flat_params[_kernel_path(layer)]
+      by_shape[(kernel.size // kernel.shape[-1], kernel.shape[-1])].append(layer)
+    self._sigmas = {}  # layer -> [sigma_1 .. sigma_K]
+    for shape, layers in by_shape.items():
+      matrices = jnp.stack([flat_params[_kernel_path(l)].reshape(shape) for l in layers])
+      us = jnp.stack([flat_stats[l[:-1] + (l[-1] + _U,)][0] for l in layers])
+      steps = max(counts[l] for l in layers)
+      chain = []
+      with jax.named_scope('power_iteration'):  # named in profiles and kernel counts
+        for _ in range(steps):
+          us, sigmas = jax.vmap(spectral.chain_step)(matrices, us)
+          chain.append((us, sigmas))
+      for i, layer in enumerate(layers):
+        self._sigmas[layer] = [sigmas[i] for _, sigmas in chain[:counts[layer]]]
+        u, sigma = chain[counts[layer] - 1][0][i], chain[counts[layer] - 1][1][i]
+        flat_stats[layer[:-1] + (layer[-1] + _U,)] = u[None]
+        flat_stats[layer[:-1] + (layer[-1] + _SIGMA,)] = sigma
+    self.final_stats = traverse_util.unflatten_dict(flat_stats)
+    self._per_phase = per_phase
+    self._seen = collections.Counter()
+    self._next = 0
+
+  def estimates(self, call):
+    """The {'spectral_estimates': ...} variables of the phase's next call, `call` as recorded."""
+    if self._next >= len(self._calls) or self._calls[self._next][0] != call:
+      expected = self._calls[self._next][0] if self._next < len(self._calls) else 'no more calls'
+      raise RuntimeError(f'Discriminator call {self._next} of the phase is {call}, but the '
+                         f'traced phase made {expected}: the objective must make the same calls '
+                         'in the same order every time it is traced.')
+    layers = self._calls[self._next][1]
+    self._next += 1
+    flat = {}
+    for layer in layers:
+      k = 0 if self._per_phase else self._seen[layer]
+      self._seen[layer] += 1
+      flat[layer[:-1] + (layer[-1] + _SIGMA,)] = self._sigmas[layer][k]
+    return {spectral.ESTIMATES: traverse_util.unflatten_dict(flat)}
