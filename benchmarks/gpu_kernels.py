@@ -121,8 +121,12 @@ def count_kernels(hlo_text, steps_per_dispatch):
   for line in _kernels(comps[bodies[0]]):
     by_opcode[_KERNEL_OPCODES[_OPCODE.match(line).group(1)]] += 1
     op_name = re.search(r'op_name="([^"]*)"', line)
-    power_iterations += bool(op_name and 'power_iteration' in op_name.group(1))
-    by_network[profile_step._where(op_name.group(1) if op_name else '')] += 1  # pylint: disable=protected-access
+    power_iteration = bool(op_name and 'power_iteration' in op_name.group(1))
+    power_iterations += power_iteration
+    where = profile_step._where(op_name.group(1) if op_name else '')  # pylint: disable=protected-access
+    if power_iteration and where.startswith('other'):  # run before the calls, outside networks
+      where = 'power iterations before the calls'
+    by_network[where] += 1
   loops, per_trip = _data_dependent_loops(comps, comps[bodies[0]])
   entry = comps[re.search(r'^ENTRY %?([\w.\-]+) \(', hlo_text, re.M).group(1)]
   outside_loops, outside_per_trip = _data_dependent_loops(comps, entry)

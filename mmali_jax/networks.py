@@ -1,6 +1,7 @@
 """Builds the Flax modules for a config and binds them to parameters for the objectives."""
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from mmali_jax import config_checks
 from mmali_jax import default_config
@@ -9,6 +10,7 @@ from mmali_jax import posterior
 from mmali_jax import power_iterations
 from mmali_jax.models import discriminators
 from mmali_jax.models import generators
+from mmali_jax.models import spectral
 
 discriminator_kind = default_config.discriminator_kind
 
@@ -50,9 +52,9 @@ class Bound:
   ends one iteration on from the phase's.
 
   calls: None, each call runs its own power iterations; a list, the same, and each call is
-  appended to it (`power_iterations.record_calls`); the tuple that records, the phase's power
-  iterations run before its calls, batched over the layers of one shape
-  (`power_iterations.Plan`): the same estimates.
+  appended to it (`power_iterations.record_calls`); the tuple `record_calls` returns, the
+  phase's power iterations run before its calls, batched over the layers whose kernels have one
+  shape (`power_iterations.Plan`): the same estimates.
   """
 
   def __init__(self, gen, disc, gen_params, disc_params, disc_stats, style_dim,
@@ -67,9 +69,21 @@ class Bound:
     if isinstance(calls, tuple):
       self._plan = power_iterations.Plan(calls, disc_params, disc_stats,
                                          per_phase=spectral_norm_estimates == 'per_phase')
-      self.disc_stats = self._plan.final_stats
     elif calls is not None:
       self._record = calls
+
+  @property
+  def disc_stats(self):
+    """The estimates as the calls so far have left them; with the power iterations run before
+    the calls, the phase's final ones, to be read once all its calls are made."""
+    if self._plan is not None:
+      self._plan.check_done()
+      return self._plan.final_stats
+    return self._disc_stats
+
+  @disc_stats.setter
+  def disc_stats(self, value):
+    self._disc_stats = value
 
   def encode(self, m, x):
     """(mean, log-variance) of q(z | x_m)."""
@@ -86,13 +100,22 @@ class Bound:
   def _discriminate(self, method, *args):
     call = (method,) + tuple(a for a in args if isinstance(a, int))  # e.g. ('unimodal', 1)
     if self._plan is not None:
-      return self.disc.apply({'params': self.disc_params, 'batch_stats': self.disc_stats,
-                              **self._plan.estimates(call)},
-                             *args, update_stats=True, method=method)
-    start = self.disc_stats if self._phase_stats is None else self._phase_stats
+      out, updates = self.disc.apply(
+          {'params': self.disc_params, 'batch_stats': self._disc_stats,
+           **self._plan.estimates(call)},
+          *args, update_stats=True, method=method, mutable=['batch_stats'])
+      ran = [k for k, v in traverse_util.flatten_dict(updates['batch_stats']).items()
+             if v is not traverse_util.flatten_dict(self._disc_stats)[k]]
+      if ran:  # a layer not given an estimate ran its own power iteration
+        raise RuntimeError(f'The discriminator call {call} ran power iterations of layers the '
+                           f'traced phase did not: {sorted("/".join(k) for k in ran)}. Run with '
+                           '--config.power_iterations_up_front=false.')
+      return out
+    start = self._disc_stats if self._phase_stats is None else self._phase_stats
+    mutable = ['batch_stats'] + ([spectral.ITERATIONS] if self._record is not None else [])
     out, updates = self.disc.apply(
         {'params': self.disc_params, 'batch_stats': start}, *args,
-        update_stats=True, method=method, mutable=['batch_stats'])
+        update_stats=True, method=method, mutable=mutable)
     if self._phase_stats is None:
       self.disc_stats = updates['batch_stats']
     else:
@@ -101,9 +124,10 @@ class Bound:
       # checks the result). Keep what it changed, the rest as earlier calls left it: chosen while
       # tracing, so it costs no operations.
       self.disc_stats = jax.tree.map(lambda new, old, cur: cur if new is old else new,
-                                     updates['batch_stats'], start, self.disc_stats)
+                                     updates['batch_stats'], start, self._disc_stats)
     if self._record is not None:
-      self._record.append((call, power_iterations.moved_layers(start, updates['batch_stats'])))
+      self._record.append(
+          (call, power_iterations.layers_run(call, updates.get(spectral.ITERATIONS, {}))))
     return out
 
   def d0(self, m, x, z):

@@ -11,7 +11,9 @@ per call as before (float rounding aside: a batched product may sum in another o
 the phase launches a chain's few kernels per shape instead of per layer and call.
 
 Which layers a call runs is found by tracing the phase once abstractly (`record_calls`): the
-layers whose estimates a call changes. The calls of the real trace are checked against it.
+layers that note a power iteration in the call (a layer run twice in one call is an error). The
+real trace must make the same calls in the same order, each running the layers given estimates,
+and all of them before the phase's final estimates are read; anything else is an error.
 """
 import collections
 
@@ -32,13 +34,18 @@ def record_calls(loss_fn, *args):
   return tuple(calls)
 
 
-def moved_layers(before, after):
-  """The layers (stats paths without the '/u' or '/sigma' ending) whose estimates a call moved:
-  Flax returns the variables a call did not touch as the very arrays it was given."""
-  flat_before = traverse_util.flatten_dict(before)
-  return tuple(key[:-1] + (key[-1][:-len(_U)],)
-               for key, value in traverse_util.flatten_dict(after).items()
-               if key[-1].endswith(_U) and value is not flat_before[key])
+def layers_run(call, iterations):
+  """The layers (stats paths without the '/u' or '/sigma' ending) that ran a power iteration in
+  `call`, from the collection its layers sowed them in (`spectral.ITERATIONS`)."""
+  layers = []
+  for layer, runs in traverse_util.flatten_dict(iterations).items():
+    if len(runs) != 1:
+      raise RuntimeError(
+          f'The spectral-norm layer {"/".join(layer)} ran {len(runs)} power iterations in the '
+          f'discriminator call {call}; run before the calls, the iterations give each call one '
+          'estimate per layer. Use --config.power_iterations_up_front=false for such networks.')
+    layers.append(layer)
+  return tuple(layers)
 
 
 def _kernel_path(layer):
@@ -70,13 +77,13 @@ class Plan:
       matrices = jnp.stack([flat_params[_kernel_path(l)].reshape(shape) for l in layers])
       us = jnp.stack([flat_stats[l[:-1] + (l[-1] + _U,)][0] for l in layers])
       steps = max(counts[l] for l in layers)
-      chain = []
+      chain = []  # [(u [G, out], sigma [G])] one iteration on per step
       with jax.named_scope('power_iteration'):  # named in profiles and kernel counts
         for _ in range(steps):
           us, sigmas = jax.vmap(spectral.chain_step)(matrices, us)
           chain.append((us, sigmas))
       for i, layer in enumerate(layers):
-        self._sigmas[layer] = [sigmas[i] for _, sigmas in chain[:counts[layer]]]
+        self._sigmas[layer] = [step_sigmas[i] for _, step_sigmas in chain[:counts[layer]]]
         u, sigma = chain[counts[layer] - 1][0][i], chain[counts[layer] - 1][1][i]
         flat_stats[layer[:-1] + (layer[-1] + _U,)] = u[None]
         flat_stats[layer[:-1] + (layer[-1] + _SIGMA,)] = sigma
@@ -91,7 +98,8 @@ class Plan:
       expected = self._calls[self._next][0] if self._next < len(self._calls) else 'no more calls'
       raise RuntimeError(f'Discriminator call {self._next} of the phase is {call}, but the '
                          f'traced phase made {expected}: the objective must make the same calls '
-                         'in the same order every time it is traced.')
+                         'in the same order every time it is traced (or run with '
+                         '--config.power_iterations_up_front=false).')
     layers = self._calls[self._next][1]
     self._next += 1
     flat = {}
@@ -100,3 +108,11 @@ class Plan:
       self._seen[layer] += 1
       flat[layer[:-1] + (layer[-1] + _SIGMA,)] = self._sigmas[layer][k]
     return {spectral.ESTIMATES: traverse_util.unflatten_dict(flat)}
+
+  def check_done(self):
+    """RuntimeError unless the phase has made all the calls it was traced with: the final
+    estimates were computed for all of them."""
+    if self._next != len(self._calls):
+      raise RuntimeError(f'The phase made {self._next} discriminator calls, but was traced with '
+                         f'{len(self._calls)}: the objective must make the same calls every time '
+                         'it is traced (or run with --config.power_iterations_up_front=false).')

@@ -26,11 +26,11 @@ from mmali_jax.data import sources
 from mmali_jax.evaluators import evaluator as evaluator_lib
 
 # Fields that may change between runs on one workdir (how long and how verbosely to train, where
-# the data lives); any other change would make the checkpoints mean something else.
+# the data lives, how the same numbers are computed); any other change would make the checkpoints
+# mean something else.
 RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
-                    'keep_checkpoints', 'num_devices', 'steps_per_dispatch', 'power_iterations_up_front',
-                    'data.tfds_data_dir',
-                    'eval')
+                    'keep_checkpoints', 'num_devices', 'steps_per_dispatch',
+                    'power_iterations_up_front', 'data.tfds_data_dir', 'eval')
 # matmul_precision is not among them: it changes the numbers a run computes.
 
 
@@ -96,8 +96,9 @@ def compile_train_steps(config, gen, disc, mods, mesh):
   """The train steps jitted data-parallel over `mesh`: parameters, optimizer states and the
   dataset replicated, every batch split along the 'data' axis. The loss is a mean over the
   global batch, so XLA averages the gradients across devices and the result matches a single
-  device up to float rounding. -> (fn(state, data, num_steps), shardings); the state is donated
-  and the power iterations run up front (`train_step.power_iterations_up_front`) except on CPU.
+  device up to float rounding. -> (fn(state, data, num_steps), shardings); except on CPU the
+  state is donated and, unless the config says otherwise, the power iterations run up front
+  (`train_step.power_iterations_up_front`).
   """
   shardings = make_shardings(mesh)
   fn = jax.jit(train_step_lib.make_train_steps(config, gen, disc, mods, shardings,

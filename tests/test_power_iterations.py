@@ -13,31 +13,42 @@ from mmali_jax import train_step
 from tests import test_train
 from tests.conftest import small_config
 
+_BATCHES = ('a', 'b', 'b_marginals', 'c', 'd')
 
-def _d_step(config, calls_mode):
-  """The D step's loss, metrics, final estimates and gradients, jitted: calls_mode 'in_calls'
-  or 'up_front'."""
+
+def _setup(config):
   mods, gen, disc = networks.build(config)
   state = train_step.create_train_state(config, gen, disc, mods)
   rng = np.random.default_rng(0)
   xs = {key: [jnp.asarray(rng.random((4,) + m.image_shape, np.float32)) for m in mods]
-        for key in ('a', 'b', 'b_marginals', 'c', 'd')}
+        for key in _BATCHES}
   objective = objectives.OBJECTIVES[networks.discriminator_kind(config.discriminator)]
+  return mods, gen, disc, state, xs, objective
 
-  def loss_fn(disc_params, calls=None):
-    nets = networks.Bound(gen, disc, state.gen_params, disc_params, state.disc_stats,
+
+def _phase(config, phase, up_front):
+  """A D step's ('d') or G step's ('g') loss, metrics, final estimates and gradients (with
+  respect to the parameters the phase trains), jitted, the power iterations in the calls or up
+  front."""
+  mods, gen, disc, state, xs, objective = _setup(config)
+
+  def loss_fn(params, calls=None):
+    gen_params, disc_params = (state.gen_params, params) if phase == 'd' else (
+        params, state.disc_params)
+    nets = networks.Bound(gen, disc, gen_params, disc_params, state.disc_stats,
                           config.style_dim, config.spectral_norm_estimates, calls)
-    loss, metrics = objective.discriminator_loss(nets, xs, jax.random.PRNGKey(1), config, mods)
-    return loss, (metrics, nets.disc_stats)
+    loss = objective.discriminator_loss if phase == 'd' else objective.generator_loss
+    value, metrics = loss(nets, xs, jax.random.PRNGKey(1), config, mods)
+    return value, (metrics, nets.disc_stats)
 
   @jax.jit
-  def run(disc_params):
+  def run(params):
     fn = loss_fn
-    if calls_mode == 'up_front':
-      fn = functools.partial(loss_fn, calls=power_iterations.record_calls(loss_fn, disc_params))
-    return jax.value_and_grad(fn, has_aux=True)(disc_params)
+    if up_front:
+      fn = functools.partial(loss_fn, calls=power_iterations.record_calls(loss_fn, params))
+    return jax.value_and_grad(fn, has_aux=True)(params)
 
-  (loss, (metrics, stats)), grads = run(state.disc_params)
+  (loss, (metrics, stats)), grads = run(state.disc_params if phase == 'd' else state.gen_params)
   return jax.device_get({'loss': loss, 'metrics': metrics, 'stats': stats, 'grads': grads})
 
 
@@ -45,23 +56,23 @@ def _assert_close(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6), a, b)
 
 
-@pytest.mark.parametrize('name,arg', [
-    ('multimnist', 'modalities=3,discriminator=factorized'),
-    ('multimnist', 'modalities=2,discriminator=monolithic'),
-    ('mnist_svhn', ''),  # convolution kernels, modalities of different architectures
+@pytest.mark.parametrize('name,arg,phase', [
+    ('multimnist', 'modalities=2,discriminator=factorized', 'd'),
+    ('multimnist', 'modalities=3,discriminator=monolithic', 'g'),
+    ('mnist_svhn', '', 'd'),  # convolution kernels, modalities of different architectures
 ])
 def test_up_front_estimates_loss_and_gradients_equal_those_of_power_iterations_in_the_calls(
-    name, arg):
+    name, arg, phase):
   config = small_config(name, arg)
-  _assert_close(_d_step(config, 'in_calls'), _d_step(config, 'up_front'))
+  _assert_close(_phase(config, phase, up_front=False), _phase(config, phase, up_front=True))
 
 
 def test_up_front_per_phase_estimates_equal_per_phase_in_the_calls():
-  config = small_config('multimnist', 'modalities=3,discriminator=factorized')
-  per_call = _d_step(config, 'up_front')
+  config = small_config('multimnist', 'modalities=2')
+  per_call = _phase(config, 'g', up_front=True)
   config.spectral_norm_estimates = 'per_phase'
-  per_phase = _d_step(config, 'in_calls')
-  _assert_close(per_phase, _d_step(config, 'up_front'))
+  per_phase = _phase(config, 'g', up_front=False)
+  _assert_close(per_phase, _phase(config, 'g', up_front=True))
   # The comparisons see a wrong estimate: per_call's (the k-th call given the k-th) differ.
   with pytest.raises(AssertionError):
     _assert_close(per_call['stats'], per_phase['stats'])
@@ -69,48 +80,79 @@ def test_up_front_per_phase_estimates_equal_per_phase_in_the_calls():
     _assert_close(per_call['loss'], per_phase['loss'])
 
 
-def test_recorded_calls_name_the_layers_each_call_moves():
-  config = small_config('multimnist', 'modalities=2')
-  mods, gen, disc = networks.build(config)
-  state = train_step.create_train_state(config, gen, disc, mods)
-  xs = {key: [jnp.zeros((4,) + m.image_shape, jnp.float32) for m in mods]
-        for key in ('a', 'b', 'b_marginals', 'c', 'd')}
-  objective = objectives.OBJECTIVES['factorized']
+def _recorded(config):
+  mods, gen, disc, state, xs, objective = _setup(config)
 
   def loss_fn(disc_params, calls=None):
     nets = networks.Bound(gen, disc, state.gen_params, disc_params, state.disc_stats,
                           config.style_dim, 'per_call', calls)
     return objective.discriminator_loss(nets, xs, jax.random.PRNGKey(1), config, mods)
 
-  calls = power_iterations.record_calls(loss_fn, state.disc_params)
+  bound = lambda calls: networks.Bound(gen, disc, state.gen_params, state.disc_params,
+                                       state.disc_stats, config.style_dim, 'per_call', calls)
+  return mods, state, xs, power_iterations.record_calls(loss_fn, state.disc_params), bound
+
+
+def test_recorded_calls_name_the_layers_each_call_runs():
+  mods, state, _, calls, _ = _recorded(small_config('multimnist', 'modalities=2'))
   stats = state.disc_stats
   for call, layers in calls:
     network = {'unimodal': 'd0_', 'content': 'd1_', 'joint_critic': 'joint_critic'}[call[0]]
     expected = [k for k in stats if k.startswith(network) and
                 (len(call) == 1 or k == network + mods[call[1]].name)]
     assert sorted({layer[0] for layer in layers}) == expected, (call, layers)
-    # every spectral-norm layer of the network called, none twice
+    # every spectral-norm layer of the network, each once
     assert len(layers) == len(set(layers)) == sum(
         len(jax.tree.leaves(stats[k])) // 2 for k in expected)
   assert {c[0] for c, _ in calls} == {'unimodal', 'content', 'joint_critic'}
 
-  # A phase that makes other calls than the traced one is an error naming both.
-  plan = power_iterations.Plan(calls, state.disc_params, state.disc_stats)
+
+def test_a_phase_that_calls_otherwise_than_traced_is_an_error():
+  mods, _, xs, calls, bound = _recorded(small_config('multimnist', 'modalities=2'))
+  x, z = xs['a'][0], jnp.zeros((4, 20))
+  assert calls[0][0] == ('unimodal', 0)
   with pytest.raises(RuntimeError, match=r"call 0 of the phase is \('content', 0\), but the "
-                     r"traced phase made \('unimodal', 0\)"):
-    plan.estimates(('content', 0))
+                     r"traced phase made \('unimodal', 0\).*power_iterations_up_front=false"):
+    bound(calls).d1(0, x, z)
+  nets = bound(calls)
+  nets.d0(0, x, z)
+  with pytest.raises(RuntimeError, match=f'made 1 discriminator calls, but was traced with '
+                     f'{len(calls)}'):
+    _ = nets.disc_stats  # the final estimates are those of calls not made
+  # A call running a layer the traced one did not: that layer would iterate on its own.
+  (call, layers), *rest = calls
+  with pytest.raises(RuntimeError, match=r"call \('unimodal', 0\) ran power iterations of layers "
+                     r"the traced phase did not: \['d0_0mnist/SpectralNorm_1/Dense_1/kernel/"):
+    bound(((call, layers[:1]),) + tuple(rest)).d0(0, x, z)
+  del mods
 
 
-def test_training_with_power_iterations_up_front_matches_them_in_the_calls():
-  results = []
-  for up_front in (False, True):
-    config = small_config('multimnist', 'modalities=2')
-    config.power_iterations_up_front = up_front
-    state, metrics = test_train._run_steps(config, [1, 1])  # pylint: disable=protected-access
-    results.append((test_train._params(state), metrics))  # pylint: disable=protected-access
-  (a, a_metrics), (b, b_metrics) = results
-  _assert_close(a_metrics, b_metrics)
-  test_train._assert_same_training(a, b, steps=2, learning_rate=config.optim.learning_rate)  # pylint: disable=protected-access
+def test_a_layer_run_twice_in_one_call_is_an_error():
+  with pytest.raises(RuntimeError, match=r"layer d0/SpectralNorm_0/Dense_0/kernel ran 2 power "
+                     r"iterations in the discriminator call \('unimodal', 0\).*up_front=false"):
+    power_iterations.layers_run(('unimodal', 0),
+                                {'d0': {'SpectralNorm_0': {'Dense_0/kernel': (1, 1)}}})
+
+
+def test_training_with_power_iterations_up_front_matches_them_in_the_calls(monkeypatch):
+  recorded = []
+  record_calls = power_iterations.record_calls
+  monkeypatch.setattr(power_iterations, 'record_calls',
+                      lambda *a: recorded.append(1) or record_calls(*a))
+  config = small_config('multimnist', 'modalities=2', batch_size=16)
+  config.power_iterations_up_front = False
+  in_calls, in_calls_metrics = test_train._run_steps(config, [1, 1])  # pylint: disable=protected-access
+  assert not recorded
+  # Up front, 2 iterations in one call (lax.scan) on 8 devices, as on accelerators.
+  config.power_iterations_up_front = True
+  up_front, up_front_metrics = test_train._run_steps(config, [2], num_devices=8)  # pylint: disable=protected-access
+  assert len(recorded) == 2  # the D step and the G step, traced once
+  test_train._assert_trees_close(  # pylint: disable=protected-access
+      jax.tree.map(lambda *v: np.mean(v), *in_calls_metrics), up_front_metrics[0], rtol=1e-4,
+      atol=1e-6)
+  test_train._assert_same_training(  # pylint: disable=protected-access
+      test_train._params(in_calls), test_train._params(up_front), steps=2,  # pylint: disable=protected-access
+      learning_rate=config.optim.learning_rate)
 
 
 def test_up_front_is_the_default_on_accelerators_only():

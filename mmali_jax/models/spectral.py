@@ -25,6 +25,9 @@ EPSILON = 1e-12
 # The collection in which a call may be given its layers' sigmas, computed before the call
 # (mmali_jax/power_iterations.py); a layer given one runs no power iteration of its own.
 ESTIMATES = 'spectral_estimates'
+# Where a layer notes each power iteration it runs, when the caller makes the collection mutable
+# (power_iterations.record_calls reads which layers a call runs from it).
+ITERATIONS = 'spectral_iterations'
 
 
 def _l2_normalize(x):
@@ -125,6 +128,7 @@ class SpectralNorm(nn.Module):
       sigma = self.get_variable(ESTIMATES, f'{name}/kernel/sigma')  # its iteration ran before
     else:
       new_u, sigma = power_iteration(kernel, u.value)
+      self.sow(ITERATIONS, f'{name}/kernel', 1)
       if update_stats:
         u.value, sigma_var.value = new_u, sigma
     if isinstance(self.layer, Conv):
