@@ -104,8 +104,9 @@ class Bound:
           {'params': self.disc_params, 'batch_stats': self._disc_stats,
            **self._plan.estimates(call)},
           *args, update_stats=True, method=method, mutable=['batch_stats'])
+      given = traverse_util.flatten_dict(self._disc_stats)
       ran = [k for k, v in traverse_util.flatten_dict(updates['batch_stats']).items()
-             if v is not traverse_util.flatten_dict(self._disc_stats)[k]]
+             if v is not given[k]]
       if ran:  # a layer not given an estimate ran its own power iteration
         raise RuntimeError(f'The discriminator call {call} ran power iterations of layers the '
                            f'traced phase did not: {sorted("/".join(k) for k in ran)}. Run with '

@@ -28,7 +28,8 @@ _U, _SIGMA = '/u', '/sigma'
 
 def record_calls(loss_fn, *args):
   """The discriminator calls of `loss_fn(*args, calls=[])` (which passes `calls` to its
-  `networks.Bound`), traced abstractly: a tuple of (call, layers whose estimates it moved)."""
+  `networks.Bound`), traced abstractly: a tuple of (call, the layers that ran a power iteration
+  in it)."""
   calls = []
   jax.eval_shape(lambda *a: loss_fn(*a, calls=calls), *args)
   return tuple(calls)
