@@ -55,6 +55,25 @@ def _kernel_path(layer):
   return layer[:-2] + tuple(layer[-1].split('/'))
 
 
+@jax.custom_vjp
+def _unstack(x):
+  """The entries of the vector x. Its gradient is one stack of theirs: differentiating x[i]
+  for every i instead pads each entry's gradient to x's size and adds the pads, on a GPU a
+  kernel per entry and step of every chain."""
+  return tuple(x[i] for i in range(x.shape[0]))
+
+
+def _unstack_fwd(x):
+  return _unstack(x), None
+
+
+def _unstack_bwd(_, grads):
+  return (jnp.stack(grads),)
+
+
+_unstack.defvjp(_unstack_fwd, _unstack_bwd)
+
+
 class Plan:
   """The estimates of every call of a phase, computed when the plan is made.
 
@@ -83,8 +102,9 @@ class Plan:
         for _ in range(steps):
           us, sigmas = jax.vmap(spectral.chain_step)(matrices, us)
           chain.append((us, sigmas))
+      per_layer = [_unstack(step_sigmas) for _, step_sigmas in chain]
       for i, layer in enumerate(layers):
-        self._sigmas[layer] = [step_sigmas[i] for _, step_sigmas in chain[:counts[layer]]]
+        self._sigmas[layer] = [step_sigmas[i] for step_sigmas in per_layer[:counts[layer]]]
         u, sigma = chain[counts[layer] - 1][0][i], chain[counts[layer] - 1][1][i]
         flat_stats[layer[:-1] + (layer[-1] + _U,)] = u[None]
         flat_stats[layer[:-1] + (layer[-1] + _SIGMA,)] = sigma

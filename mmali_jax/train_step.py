@@ -172,8 +172,18 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None, platform=None
     with jax.default_matmul_precision(precision.jax_precision(config.matmul_precision)):
       if num_steps == 1:
         return step(state, data, jax.tree.map(lambda i: i[0], indices))
-      state, metrics = jax.lax.scan(lambda s, i: step(s, data, i), state, indices)
-      return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+      # Each iteration's metrics (scalars) leave the loop as one vector: stacked one by one,
+      # every metric is a kernel of its own in every iteration on a GPU.
+      treedef = []
+
+      def body(state, i):
+        state, metrics = step(state, data, i)
+        leaves, tree = jax.tree.flatten(metrics)
+        treedef.append(tree)
+        return state, jnp.stack(leaves)
+
+      state, metrics = jax.lax.scan(body, state, indices)
+      return state, jax.tree.unflatten(treedef[0], list(jnp.mean(metrics, axis=0)))
 
   return train_steps
 
