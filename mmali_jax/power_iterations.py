@@ -5,10 +5,11 @@ In a D step or G step every discriminator call runs one power iteration on each 
 u_0 -> (u_1, sigma_1) -> ... -> (u_K, sigma_K), its k-th call dividing by sigma_k. The chain
 depends on the weights only, never on the data, so it can run before the calls; and the chains
 of layers whose kernels have one shape (each modality's D0, D1 and critic branch where the
-modalities share an architecture, the image branches of D0, D1 and T) can run as one batched
-chain. The calls then divide by the sigma they are given. Same arithmetic, one power iteration
-per call as before (float rounding aside: a batched product may sum in another order); on a GPU
-the phase launches a chain's few kernels per shape instead of per layer and call.
+modalities share an architecture, the image branches of D0, D1 and T), or nearby shapes padded
+with zeros to the largest (`buckets`), can run as one batched chain. The calls then divide by
+the sigma they are given. Same arithmetic, one power iteration per call as before (float
+rounding aside: a batched or padded product may sum in another order); on a GPU the phase
+launches a chain's few kernels per batch instead of per layer and call.
 
 Which layers a call runs is found by tracing the phase once abstractly (`record_calls`): the
 layers that note a power iteration in the call (a layer run twice in one call is an error). The
@@ -55,6 +56,33 @@ def _kernel_path(layer):
   return layer[:-2] + tuple(layer[-1].split('/'))
 
 
+# A layer's chain runs padded with zeros to a larger layer's shape, in that layer's batch, when
+# this adds at most as many entries as it has, or at most this many: on a GPU a batch's chain is a
+# few kernels per iteration whatever its size, and reading 2**18 floats more costs well under a
+# kernel's launch.
+_PADDING = 2**18
+
+
+def buckets(shapes):
+  """{layer: (rows, columns)} -> {bucket shape: [layers]}: the batches whose chains run together.
+
+  Largest first, a layer joins the smallest batch whose shape covers its own if padding it
+  to that shape adds at most max(its size, _PADDING) entries; otherwise it starts a batch of
+  its shape."""
+  out = {}
+  for layer in sorted(shapes, key=lambda l: (-shapes[l][0] * shapes[l][1], l)):
+    rows, cols = shapes[layer]
+    fits = [s for s in out if s[0] >= rows and s[1] >= cols
+            and s[0] * s[1] - rows * cols <= max(rows * cols, _PADDING)]
+    out.setdefault(min(fits, key=lambda s: (s[0] * s[1], s)) if fits else (rows, cols),
+                   []).append(layer)
+  return out
+
+
+def _pad(x, shape):
+  return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape)])
+
+
 @jax.custom_vjp
 def _unstack(x):
   """The entries of the vector x. Its gradient is one stack of theirs: differentiating x[i]
@@ -88,14 +116,16 @@ class Plan:
     counts = collections.Counter(layer for _, layers in calls for layer in layers)
     if per_phase:
       counts = {layer: 1 for layer in counts}
-    by_shape = collections.defaultdict(list)
+    shapes = {}
     for layer in counts:
       kernel = flat_params[_kernel_path(layer)]
-      by_shape[(kernel.size // kernel.shape[-1], kernel.shape[-1])].append(layer)
+      shapes[layer] = (kernel.size // kernel.shape[-1], kernel.shape[-1])
     self._sigmas = {}  # layer -> [sigma_1 .. sigma_K]
-    for shape, layers in by_shape.items():
-      matrices = jnp.stack([flat_params[_kernel_path(l)].reshape(shape) for l in layers])
-      us = jnp.stack([flat_stats[l[:-1] + (l[-1] + _U,)][0] for l in layers])
+    for shape, layers in buckets(shapes).items():
+      # Zero rows and columns leave a power iteration's u, v and sigma as they are.
+      matrices = jnp.stack([_pad(flat_params[_kernel_path(l)].reshape(shapes[l]), shape)
+                            for l in layers])
+      us = jnp.stack([_pad(flat_stats[l[:-1] + (l[-1] + _U,)][0], shape[1:]) for l in layers])
       steps = max(counts[l] for l in layers)
       chain = []  # [(u [G, out], sigma [G])] one iteration on per step
       with jax.named_scope('power_iteration'):  # named in profiles and kernel counts
@@ -105,7 +135,7 @@ class Plan:
       per_layer = [_unstack(step_sigmas) for _, step_sigmas in chain]
       for i, layer in enumerate(layers):
         self._sigmas[layer] = [step_sigmas[i] for step_sigmas in per_layer[:counts[layer]]]
-        u, sigma = chain[counts[layer] - 1][0][i], chain[counts[layer] - 1][1][i]
+        u, sigma = chain[counts[layer] - 1][0][i, :shapes[layer][1]], chain[counts[layer] - 1][1][i]
         flat_stats[layer[:-1] + (layer[-1] + _U,)] = u[None]
         flat_stats[layer[:-1] + (layer[-1] + _SIGMA,)] = sigma
     self.final_stats = traverse_util.unflatten_dict(flat_stats)

@@ -163,3 +163,20 @@ def test_up_front_is_the_default_on_accelerators_only():
   assert train_step.power_iterations_up_front(config, 'tpu')
   config.power_iterations_up_front = True
   assert train_step.power_iterations_up_front(config, 'cpu')
+
+
+def test_layers_of_nearby_shapes_share_a_chain_padded_and_far_ones_do_not():
+  # MultiMNIST M=2 factorized: D0_m and D1_m, the critic's branches f_m and its head.
+  shapes = {'d0_0/in': (804, 400), 'd1_0/in': (804, 400), 'd0_0/out': (400, 3),
+            'd1_0/out': (400, 1), 't/f_0': (784, 400), 't/f_1': (400, 256),
+            't/head_0': (512, 1024), 't/head_1': (1024, 1024), 't/out': (1024, 1)}
+  assert power_iterations.buckets(shapes) == {
+      (1024, 1024): ['t/head_1', 't/head_0'],  # padding doubles the smaller one: allowed
+      # (400, 256) -> (804, 400) adds 219,200 entries, more than it has but under 2**18
+      (804, 400): ['d0_0/in', 'd1_0/in', 't/f_0', 't/f_1'],
+      (400, 3): ['d0_0/out'],  # it would add 321,600 entries to (804, 400)
+      (1024, 1): ['t/out', 'd1_0/out'],  # the smallest shape covering (400, 1)
+  }
+  # A shape no batch covers starts its own, even next to larger ones.
+  assert list(power_iterations.buckets({'a': (1024, 1024), 'b': (2048, 1)})) == [
+      (1024, 1024), (2048, 1)]
