@@ -17,6 +17,7 @@ real trace must make the same calls in the same order, each running the layers g
 and all of them before the phase's final estimates are read; anything else is an error.
 """
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +84,42 @@ def _pad(x, shape):
   return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape)])
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _chains(matrices, us, steps, shape, sizes):
+  """`steps` power iterations of each matrix [r, c] from its u [c], all padded with zeros to
+  `shape` and run as one batch: -> (sigmas [steps, G], us [steps, G, shape[1]]). sizes: the
+  matrices' shapes."""
+  return _chains_fwd(matrices, us, steps, shape, sizes)[0]
+
+
+def _chains_fwd(matrices, us, steps, shape, sizes):
+  # Zero rows and columns leave a power iteration's u, v and sigma as they are.
+  batch = jnp.stack([_pad(m, shape) for m in matrices])
+  u = jnp.stack([_pad(x, shape[1:]) for x in us])
+  chain = []
+  for _ in range(steps):
+    u, sigma, v = jax.vmap(spectral.chain_step)(batch, u)
+    chain.append((sigma, u, v))
+  sigmas, new_us, vs = (jnp.stack(x) for x in zip(*chain))
+  del sizes
+  return (sigmas, new_us), (new_us, vs)
+
+
+def _chains_bwd(steps, shape, sizes, residuals, grads):
+  # Each sigma's gradient v u^T (spectral.power_iteration), summed over a matrix's steps, in the
+  # matrix's own shape: an elementwise sum that fuses into the rest of the kernel's gradient,
+  # instead of the batch's padded [G, rows, columns] per step, sliced and added per layer.
+  del shape
+  new_us, vs = residuals
+  sigma_grads, _ = grads
+  return (tuple(sum(sigma_grads[k, i] * jnp.outer(vs[k, i, :r], new_us[k, i, :c])
+                    for k in range(steps)) for i, (r, c) in enumerate(sizes)),
+          None)
+
+
+_chains.defvjp(_chains_fwd, _chains_bwd)
+
+
 @jax.custom_vjp
 def _unstack(x):
   """The entries of the vector x. Its gradient is one stack of theirs: differentiating x[i]
@@ -122,20 +159,16 @@ class Plan:
       shapes[layer] = (kernel.size // kernel.shape[-1], kernel.shape[-1])
     self._sigmas = {}  # layer -> [sigma_1 .. sigma_K]
     for shape, layers in buckets(shapes).items():
-      # Zero rows and columns leave a power iteration's u, v and sigma as they are.
-      matrices = jnp.stack([_pad(flat_params[_kernel_path(l)].reshape(shapes[l]), shape)
-                            for l in layers])
-      us = jnp.stack([_pad(flat_stats[l[:-1] + (l[-1] + _U,)][0], shape[1:]) for l in layers])
       steps = max(counts[l] for l in layers)
-      chain = []  # [(u [G, out], sigma [G])] one iteration on per step
       with jax.named_scope('power_iteration'):  # named in profiles and kernel counts
-        for _ in range(steps):
-          us, sigmas = jax.vmap(spectral.chain_step)(matrices, us)
-          chain.append((us, sigmas))
-      per_layer = [_unstack(step_sigmas) for _, step_sigmas in chain]
+        sigmas, us = _chains(
+            tuple(flat_params[_kernel_path(l)].reshape(shapes[l]) for l in layers),
+            tuple(flat_stats[l[:-1] + (l[-1] + _U,)][0] for l in layers), steps, shape,
+            tuple(shapes[l] for l in layers))
+      per_step = [_unstack(step_sigmas) for step_sigmas in sigmas]
       for i, layer in enumerate(layers):
-        self._sigmas[layer] = [step_sigmas[i] for step_sigmas in per_layer[:counts[layer]]]
-        u, sigma = chain[counts[layer] - 1][0][i, :shapes[layer][1]], chain[counts[layer] - 1][1][i]
+        self._sigmas[layer] = [step_sigmas[i] for step_sigmas in per_step[:counts[layer]]]
+        u, sigma = us[counts[layer] - 1, i, :shapes[layer][1]], sigmas[counts[layer] - 1, i]
         flat_stats[layer[:-1] + (layer[-1] + _U,)] = u[None]
         flat_stats[layer[:-1] + (layer[-1] + _SIGMA,)] = sigma
     self.final_stats = traverse_util.unflatten_dict(flat_stats)

@@ -44,8 +44,10 @@ def power_iteration(kernel, u):
 
 
 def chain_step(matrix, u):
-  """`power_iteration` on a kernel already shaped [-1, out], u a vector: -> (new u, sigma)."""
-  return _power_iteration(matrix, u)
+  """`power_iteration`'s arithmetic on a kernel already shaped [-1, out], u a vector, with no
+  gradient of its own: -> (new u, sigma, v), sigma's gradient being v^T new_u."""
+  (new_u, sigma), (v, _) = _power_iteration_fwd(matrix, u)
+  return new_u, sigma, v
 
 
 @jax.custom_vjp
