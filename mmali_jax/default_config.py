@@ -71,7 +71,7 @@ def base_config():
   # numbers and is opt-in until shown within noise of 'per_call' (docs/performance.md).
   config.spectral_norm_estimates = 'per_call'
   # Where the power iterations run: in each discriminator call (False), or for a whole D step or
-  # G step before its calls, batched over the layers whose kernels have one shape (True): the
+  # G step before its calls, batched over the layers whose kernels have nearby shapes (True): the
   # same estimates, in fewer GPU kernels (mmali_jax/power_iterations.py). None: True on GPU/TPU,
   # False on CPU.
   config.power_iterations_up_front = ml_collections.config_dict.placeholder(bool)

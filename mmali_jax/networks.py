@@ -54,7 +54,7 @@ class Bound:
   calls: None, each call runs its own power iterations; a list, the same, and each call is
   appended to it (`power_iterations.record_calls`); the tuple `record_calls` returns, the
   phase's power iterations run before its calls, batched over the layers whose kernels have one
-  shape (`power_iterations.Plan`): the same estimates.
+  shape or nearby shapes (`power_iterations.Plan`): the same estimates.
   """
 
   def __init__(self, gen, disc, gen_params, disc_params, disc_stats, style_dim,

@@ -84,28 +84,29 @@ def _pad(x, shape):
   return jnp.pad(x, [(0, n - m) for m, n in zip(x.shape, shape)])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _chains(matrices, us, steps, shape, sizes):
-  """`steps` power iterations of each matrix [r, c] from its u [c], all padded with zeros to
-  `shape` and run as one batch: -> (sigmas [steps, G], us [steps, G, shape[1]]). sizes: the
-  matrices' shapes."""
-  return _chains_fwd(matrices, us, steps, shape, sizes)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _chains(matrices, us, shape, layout):
+  """The power iterations of each matrix [r, c] from its u [c], all padded with zeros to
+  `shape` and run as one batch for as many steps as the most any of them needs: -> (sigmas
+  [steps, G], us [steps, G, shape[1]]). layout: (r, c, steps it needs) of each matrix."""
+  return _chains_fwd(matrices, us, shape, layout)[0]
 
 
-def _chains_fwd(matrices, us, steps, shape, sizes):
+def _chains_fwd(matrices, us, shape, layout):
+  if tuple(m.shape for m in matrices) != tuple(l[:2] for l in layout):
+    raise ValueError(f'Matrices of shapes {[m.shape for m in matrices]}, layout {layout}.')
   # Zero rows and columns leave a power iteration's u, v and sigma as they are.
   batch = jnp.stack([_pad(m, shape) for m in matrices])
   u = jnp.stack([_pad(x, shape[1:]) for x in us])
   chain = []
-  for _ in range(steps):
+  for _ in range(max(steps for _, _, steps in layout)):
     u, sigma, v = jax.vmap(spectral.chain_step)(batch, u)
     chain.append((sigma, u, v))
   sigmas, new_us, vs = (jnp.stack(x) for x in zip(*chain))
-  del sizes
   return (sigmas, new_us), (new_us, vs)
 
 
-def _chains_bwd(steps, shape, sizes, residuals, grads):
+def _chains_bwd(shape, layout, residuals, grads):
   # Each sigma's gradient v u^T (spectral.power_iteration), summed over a matrix's steps, in the
   # matrix's own shape: an elementwise sum that fuses into the rest of the kernel's gradient,
   # instead of the batch's padded [G, rows, columns] per step, sliced and added per layer.
@@ -113,7 +114,7 @@ def _chains_bwd(steps, shape, sizes, residuals, grads):
   new_us, vs = residuals
   sigma_grads, _ = grads
   return (tuple(sum(sigma_grads[k, i] * jnp.outer(vs[k, i, :r], new_us[k, i, :c])
-                    for k in range(steps)) for i, (r, c) in enumerate(sizes)),
+                    for k in range(steps)) for i, (r, c, steps) in enumerate(layout)),
           None)
 
 
@@ -159,15 +160,14 @@ class Plan:
       shapes[layer] = (kernel.size // kernel.shape[-1], kernel.shape[-1])
     self._sigmas = {}  # layer -> [sigma_1 .. sigma_K]
     for shape, layers in buckets(shapes).items():
-      steps = max(counts[l] for l in layers)
       with jax.named_scope('power_iteration'):  # named in profiles and kernel counts
         sigmas, us = _chains(
             tuple(flat_params[_kernel_path(l)].reshape(shapes[l]) for l in layers),
-            tuple(flat_stats[l[:-1] + (l[-1] + _U,)][0] for l in layers), steps, shape,
-            tuple(shapes[l] for l in layers))
-      per_step = [_unstack(step_sigmas) for step_sigmas in sigmas]
+            tuple(flat_stats[l[:-1] + (l[-1] + _U,)][0] for l in layers), shape,
+            tuple(shapes[l] + (counts[l],) for l in layers))
+      each = _unstack(sigmas.reshape(-1))  # step k, layer i at k * len(layers) + i
       for i, layer in enumerate(layers):
-        self._sigmas[layer] = [step_sigmas[i] for step_sigmas in per_step[:counts[layer]]]
+        self._sigmas[layer] = [each[k * len(layers) + i] for k in range(counts[layer])]
         u, sigma = us[counts[layer] - 1, i, :shapes[layer][1]], sigmas[counts[layer] - 1, i]
         flat_stats[layer[:-1] + (layer[-1] + _U,)] = u[None]
         flat_stats[layer[:-1] + (layer[-1] + _SIGMA,)] = sigma

@@ -174,7 +174,7 @@ def test_layers_of_nearby_shapes_share_a_chain_padded_and_far_ones_do_not():
       (1024, 1024): ['t/head_1', 't/head_0'],  # padding doubles the smaller one: allowed
       # (400, 256) -> (804, 400) adds 219,200 entries, more than it has but under 2**18
       (804, 400): ['d0_0/in', 'd1_0/in', 't/f_0', 't/f_1'],
-      (400, 3): ['d0_0/out'],  # it would add 321,600 entries to (804, 400)
+      (400, 3): ['d0_0/out'],  # it would add 320,400 entries to (804, 400)
       (1024, 1): ['t/out', 'd1_0/out'],  # the smallest shape covering (400, 1)
   }
   # A shape no batch covers starts its own, even next to larger ones.

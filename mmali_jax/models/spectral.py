@@ -44,8 +44,9 @@ def power_iteration(kernel, u):
 
 
 def chain_step(matrix, u):
-  """`power_iteration`'s arithmetic on a kernel already shaped [-1, out], u a vector, with no
-  gradient of its own: -> (new u, sigma, v), sigma's gradient being v^T new_u."""
+  """`power_iteration`'s arithmetic on a kernel already shaped [-1, out], u a vector: -> (new u,
+  sigma, v). Not to be differentiated (the normalisations would be): the caller's custom VJP
+  gives sigma's gradient with respect to the kernel, outer(v, new u)."""
   (new_u, sigma), (v, _) = _power_iteration_fwd(matrix, u)
   return new_u, sigma, v
 
