@@ -85,36 +85,34 @@ def _pad(x, shape):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _chains(matrices, us, shape, layout):
+def _chains(matrices, us, shape, steps):
   """The power iterations of each matrix [r, c] from its u [c], all padded with zeros to
   `shape` and run as one batch for as many steps as the most any of them needs: -> (sigmas
-  [steps, G], us [steps, G, shape[1]]). layout: (r, c, steps it needs) of each matrix."""
-  return _chains_fwd(matrices, us, shape, layout)[0]
+  [steps, G], us [steps, G, shape[1]]). steps: the steps each matrix needs."""
+  return _chains_fwd(matrices, us, shape, steps)[0]
 
 
-def _chains_fwd(matrices, us, shape, layout):
-  if tuple(m.shape for m in matrices) != tuple(l[:2] for l in layout):
-    raise ValueError(f'Matrices of shapes {[m.shape for m in matrices]}, layout {layout}.')
+def _chains_fwd(matrices, us, shape, steps):
   # Zero rows and columns leave a power iteration's u, v and sigma as they are.
   batch = jnp.stack([_pad(m, shape) for m in matrices])
   u = jnp.stack([_pad(x, shape[1:]) for x in us])
   chain = []
-  for _ in range(max(steps for _, _, steps in layout)):
+  for _ in range(max(steps)):
     u, sigma, v = jax.vmap(spectral.chain_step)(batch, u)
     chain.append((sigma, u, v))
   sigmas, new_us, vs = (jnp.stack(x) for x in zip(*chain))
-  return (sigmas, new_us), (new_us, vs)
+  return (sigmas, new_us), (matrices, new_us, vs)
 
 
-def _chains_bwd(shape, layout, residuals, grads):
+def _chains_bwd(shape, steps, residuals, grads):
   # Each sigma's gradient v u^T (spectral.power_iteration), summed over a matrix's steps, in the
   # matrix's own shape: an elementwise sum that fuses into the rest of the kernel's gradient,
   # instead of the batch's padded [G, rows, columns] per step, sliced and added per layer.
   del shape
-  new_us, vs = residuals
+  matrices, new_us, vs = residuals
   sigma_grads, _ = grads
-  return (tuple(sum(sigma_grads[k, i] * jnp.outer(vs[k, i, :r], new_us[k, i, :c])
-                    for k in range(steps)) for i, (r, c, steps) in enumerate(layout)),
+  return (tuple(sum(sigma_grads[k, i] * jnp.outer(vs[k, i, :m.shape[0]], new_us[k, i, :m.shape[1]])
+                    for k in range(n)) for i, (m, n) in enumerate(zip(matrices, steps))),
           None)
 
 
@@ -164,7 +162,7 @@ class Plan:
         sigmas, us = _chains(
             tuple(flat_params[_kernel_path(l)].reshape(shapes[l]) for l in layers),
             tuple(flat_stats[l[:-1] + (l[-1] + _U,)][0] for l in layers), shape,
-            tuple(shapes[l] + (counts[l],) for l in layers))
+            tuple(counts[l] for l in layers))
       each = _unstack(sigmas.reshape(-1))  # step k, layer i at k * len(layers) + i
       for i, layer in enumerate(layers):
         self._sigmas[layer] = [each[k * len(layers) + i] for k in range(counts[layer])]

@@ -6,6 +6,7 @@ import functools
 
 import flax
 import jax
+from jax import flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -172,21 +173,18 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None, platform=None
     with jax.default_matmul_precision(precision.jax_precision(config.matmul_precision)):
       if num_steps == 1:
         return step(state, data, jax.tree.map(lambda i: i[0], indices))
-      # Each iteration's metrics leave the loop as one float32 vector: stacked one by one, every
+      # Each iteration's metrics leave the loop as one vector: stacked one by one, every
       # metric is a kernel of its own in every iteration on a GPU.
-      structure = []
+      unravel = []
 
       def body(state, i):
         state, metrics = step(state, data, i)
-        leaves, tree = jax.tree.flatten(metrics)
-        structure.append((tree, [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]))
-        return state, jnp.concatenate([jnp.ravel(l).astype(jnp.float32) for l in leaves])
+        flat, restore = flatten_util.ravel_pytree(metrics)
+        unravel.append(restore)
+        return state, flat
 
       state, metrics = jax.lax.scan(body, state, indices)
-      tree, leaves = structure[0]
-      means = jnp.split(jnp.mean(metrics, axis=0), np.cumsum([l.size for l in leaves])[:-1])
-      return state, jax.tree.unflatten(tree, [m.reshape(l.shape).astype(l.dtype)
-                                              for m, l in zip(means, leaves)])
+      return state, unravel[0](jnp.mean(metrics, axis=0))
 
   return train_steps
 
