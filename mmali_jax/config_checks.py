@@ -73,6 +73,10 @@ def check(config):
   if config.spectral_norm_estimates not in SPECTRAL_NORM_ESTIMATES:
     raise ConfigError(f'config.spectral_norm_estimates={config.spectral_norm_estimates!r}; '
                       f'choose one of {SPECTRAL_NORM_ESTIMATES}.')
+  if config.batch_discriminator_calls and config.power_iterations_up_front is False:
+    raise ConfigError('config.batch_discriminator_calls=True needs the spectral-norm power '
+                      'iterations run before the calls, but config.power_iterations_up_front='
+                      'False: set one of them the other way (or leave either unset).')
   _at_least(config, ('joint_critic_width',), 1)
   _check_modalities(config)
   _check_pairing(config)

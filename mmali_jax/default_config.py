@@ -75,6 +75,11 @@ def base_config():
   # same estimates, in fewer GPU kernels (mmali_jax/power_iterations.py). None: True on GPU/TPU,
   # False on CPU.
   config.power_iterations_up_front = ml_collections.config_dict.placeholder(bool)
+  # With the power iterations up front, run the calls of each discriminator in a D step or G step
+  # as one call on their inputs concatenated, every row divided by its own call's estimates
+  # (True): the same arithmetic, in fewer GPU kernels (mmali_jax/batched_calls.py). None: True
+  # wherever the power iterations run up front. True turns them on where they are automatic.
+  config.batch_discriminator_calls = ml_collections.config_dict.placeholder(bool)
   # Local devices the batch is sharded over ('data' mesh axis); None = all of them.
   config.num_devices = ml_collections.config_dict.placeholder(int)
 

@@ -30,7 +30,8 @@ from mmali_jax.evaluators import evaluator as evaluator_lib
 # mean something else.
 RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                     'keep_checkpoints', 'num_devices', 'steps_per_dispatch',
-                    'power_iterations_up_front', 'data.tfds_data_dir', 'eval')
+                    'power_iterations_up_front', 'batch_discriminator_calls',
+                    'data.tfds_data_dir', 'eval')
 # matmul_precision is not among them: it changes the numbers a run computes.
 
 
@@ -98,7 +99,8 @@ def compile_train_steps(config, gen, disc, mods, mesh):
   global batch, so XLA averages the gradients across devices and the result matches a single
   device up to float rounding. -> (fn(state, data, num_steps), shardings); except on CPU the
   state is donated and, unless the config says otherwise, the power iterations run up front
-  (`train_step.power_iterations_up_front`).
+  and the calls of each discriminator run as one (`train_step.power_iterations_up_front`,
+  `train_step.batch_discriminator_calls`).
   """
   shardings = make_shardings(mesh)
   fn = jax.jit(train_step_lib.make_train_steps(config, gen, disc, mods, shardings,

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmali_jax import batched_calls
 from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import objectives
@@ -72,11 +73,20 @@ def ema_update(ema_params, params, step, decay, start_step):
 
 
 def power_iterations_up_front(config, platform=None):
-  """config.power_iterations_up_front, or automatically: on accelerators, not on CPU. platform:
-  where the step runs ('cpu', 'gpu', ...; default JAX's default backend)."""
+  """config.power_iterations_up_front, or automatically: on accelerators, not on CPU, and
+  wherever the discriminator calls are batched (which needs them). platform: where the step runs
+  ('cpu', 'gpu', ...; default JAX's default backend)."""
   if config.power_iterations_up_front is not None:
     return bool(config.power_iterations_up_front)
-  return (platform or jax.default_backend()) != 'cpu'
+  return bool(config.batch_discriminator_calls) or (platform or jax.default_backend()) != 'cpu'
+
+
+def batch_discriminator_calls(config, platform=None):
+  """config.batch_discriminator_calls, or automatically: wherever the power iterations run up
+  front (config_checks rejects asking for it without them)."""
+  if config.batch_discriminator_calls is not None:
+    return bool(config.batch_discriminator_calls)
+  return power_iterations_up_front(config, platform)
 
 
 def make_train_step(config, gen, disc, mods, platform=None):
@@ -88,12 +98,17 @@ def make_train_step(config, gen, disc, mods, platform=None):
   objective = objectives.OBJECTIVES[networks.discriminator_kind(config.discriminator)]
   opt = make_optimizer(config)
   up_front = power_iterations_up_front(config, platform)
+  batched = batch_discriminator_calls(config, platform)
 
   def planned(loss_fn, params):
-    """loss_fn with the phase's power iterations run before its calls, where configured."""
+    """loss_fn with the phase's power iterations run before its calls and its calls of each
+    discriminator run as one, where configured."""
     if not up_front:
       return loss_fn
-    return functools.partial(loss_fn, calls=power_iterations.record_calls(loss_fn, params))
+    calls = power_iterations.record_calls(loss_fn, params)
+    if batched:
+      return batched_calls.batched(loss_fn, calls)
+    return functools.partial(loss_fn, calls=calls)
 
   def train_step(state, batch):
     rng_d, rng_g = jax.random.split(jax.random.fold_in(state.rng, state.step))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmali_jax import batched_calls
 from mmali_jax import networks
 from mmali_jax import objectives
 from mmali_jax import power_iterations
@@ -26,10 +27,10 @@ def _setup(config):
   return mods, gen, disc, state, xs, objective
 
 
-def _phase(config, phase, up_front):
+def _phase(config, phase, up_front, batched=False):
   """A D step's ('d') or G step's ('g') loss, metrics, final estimates and gradients (with
   respect to the parameters the phase trains), jitted, the power iterations in the calls or up
-  front."""
+  front, and then the calls of each discriminator one at a time or as one (`batched`)."""
   mods, gen, disc, state, xs, objective = _setup(config)
 
   def loss_fn(params, calls=None):
@@ -45,7 +46,9 @@ def _phase(config, phase, up_front):
   def run(params):
     fn = loss_fn
     if up_front:
-      fn = functools.partial(loss_fn, calls=power_iterations.record_calls(loss_fn, params))
+      calls = power_iterations.record_calls(loss_fn, params)
+      fn = (batched_calls.batched(loss_fn, calls) if batched else
+            functools.partial(loss_fn, calls=calls))
     return jax.value_and_grad(fn, has_aux=True)(params)
 
   (loss, (metrics, stats)), grads = run(state.disc_params if phase == 'd' else state.gen_params)
@@ -135,18 +138,22 @@ def test_a_layer_run_twice_in_one_call_is_an_error():
 
 
 def test_training_with_power_iterations_up_front_matches_them_in_the_calls(monkeypatch):
-  recorded = []
+  recorded, batched = [], []
   record_calls = power_iterations.record_calls
   monkeypatch.setattr(power_iterations, 'record_calls',
                       lambda *a: recorded.append(1) or record_calls(*a))
+  monkeypatch.setattr(batched_calls, 'batched',
+                      lambda fn, calls, f=batched_calls.batched: batched.append(1) or f(fn, calls))
   config = small_config('multimnist', 'modalities=2', batch_size=16)
   config.power_iterations_up_front = False
   in_calls, in_calls_metrics = test_train._run_steps(config, [1, 1])  # pylint: disable=protected-access
-  assert not recorded
-  # Up front, 2 iterations in one call (lax.scan) on 8 devices, as on accelerators.
+  assert not recorded and not batched
+  # As on accelerators: 2 iterations in one call (lax.scan) on 8 devices, the power iterations
+  # up front and the calls of each discriminator batched (which follows them by default;
+  # tests/test_batched_calls.py compares a phase with and without).
   config.power_iterations_up_front = True
   up_front, up_front_metrics = test_train._run_steps(config, [2], num_devices=8)  # pylint: disable=protected-access
-  assert len(recorded) == 2  # the D step and the G step, traced once
+  assert len(recorded) == len(batched) == 2  # the D step and the G step, traced once
   test_train._assert_trees_close(  # pylint: disable=protected-access
       jax.tree.map(lambda *v: np.mean(v), *in_calls_metrics), up_front_metrics[0], rtol=1e-4,
       atol=1e-6)
@@ -162,6 +169,9 @@ def test_up_front_is_the_default_on_accelerators_only():
   assert train_step.power_iterations_up_front(config, 'gpu')
   assert train_step.power_iterations_up_front(config, 'tpu')
   config.power_iterations_up_front = True
+  assert train_step.power_iterations_up_front(config, 'cpu')
+  config.power_iterations_up_front = None
+  config.batch_discriminator_calls = True  # which needs them
   assert train_step.power_iterations_up_front(config, 'cpu')
 
 

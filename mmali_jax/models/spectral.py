@@ -25,6 +25,7 @@ EPSILON = 1e-12
 # The collection in which a call may be given its layers' sigmas, computed before the call
 # (mmali_jax/power_iterations.py); a layer given one runs no power iteration of its own.
 ESTIMATES = 'spectral_estimates'
+# (A scalar per layer; or one per row of the input, when several calls run as one.)
 # Where a layer notes each power iteration it runs, when the caller makes the collection mutable
 # (power_iterations.record_calls reads which layers a call runs from it).
 ITERATIONS = 'spectral_iterations'
@@ -138,6 +139,8 @@ class SpectralNorm(nn.Module):
       y = convolutions.conv2d(x, kernel, self.stride, self.padding)
     else:
       y = parts_product(parts, kernel)
+    if jnp.ndim(sigma):  # one per row: several calls run as one (mmali_jax/batched_calls.py)
+      sigma = sigma.reshape(sigma.shape + (1,) * (y.ndim - 1))
     return y / jnp.where(sigma != 0, sigma, 1) + bias
 
 
