@@ -148,10 +148,11 @@ class Bound:
                            '--config.batch_discriminator_calls=false.')
       args = [session.args(i) for i in indices]
       sizes = [batched_calls.batch_size(a) for a in args]
-      given = jax.tree.map(lambda *s: batched_calls.per_row(s, sizes),  # pylint: disable=cell-var-from-loop
+      shards = batched_calls.shards_for(sizes, session.shards)
+      given = jax.tree.map(lambda *s: batched_calls.per_row(s, sizes, shards),  # pylint: disable=cell-var-from-loop
                            *[estimates[i] for i in indices])
-      out = self._given(call, batched_calls.concatenate(args), given)
-      for i, piece in zip(indices, batched_calls.split(out, sizes)):
+      out = self._given(call, batched_calls.concatenate(args, shards), given)
+      for i, piece in zip(indices, batched_calls.split(out, sizes, shards)):
         outputs[i] = piece
     session.set_outputs(outputs)
 

@@ -89,11 +89,11 @@ def batch_discriminator_calls(config, platform=None):
   return power_iterations_up_front(config, platform)
 
 
-def make_train_step(config, gen, disc, mods, platform=None):
+def make_train_step(config, gen, disc, mods, platform=None, data_shards=1):
   """-> train_step(state, batch) -> (state, metrics), one iteration on the given batches.
 
   `batch` maps 'a', 'b', 'b_marginals', 'c', 'd' to a list of uint8 images [B, H, W, C], one per
-  modality in sorted order.
+  modality in sorted order. data_shards: the devices the batch is split over.
   """
   objective = objectives.OBJECTIVES[networks.discriminator_kind(config.discriminator)]
   opt = make_optimizer(config)
@@ -107,7 +107,7 @@ def make_train_step(config, gen, disc, mods, platform=None):
       return loss_fn
     calls = power_iterations.record_calls(loss_fn, params)
     if batched:
-      return batched_calls.batched(loss_fn, calls)
+      return batched_calls.batched(loss_fn, calls, data_shards)
     return functools.partial(loss_fn, calls=calls)
 
   def train_step(state, batch):
@@ -162,7 +162,9 @@ def make_train_steps(config, gen, disc, mods, batch_sharding=None, platform=None
   iteration lives (split over the 'data' mesh axis), or None. platform: where the steps run
   (default JAX's default backend).
   """
-  train_step = make_train_step(config, gen, disc, mods, platform)
+  train_step = make_train_step(
+      config, gen, disc, mods, platform,
+      1 if batch_sharding is None else batch_sharding.images.mesh.shape['data'])
   unpaired = bool(config.data.unpaired)
 
   def one_step(state, data, indices):

@@ -1,4 +1,6 @@
 """A phase's discriminator calls run as one call per network: the same losses and gradients."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +30,7 @@ def test_batched_calls_give_the_losses_estimates_and_gradients_of_calls_one_at_a
   if name == 'multimnist' and phase == 'd':
     # Every row given its network's first call's estimates instead: the losses change.
     monkeypatch.setattr(batched_calls, 'per_row',
-                        lambda values, sizes: jnp.broadcast_to(values[0], (sum(sizes),)))
+                        lambda values, sizes, shards: jnp.broadcast_to(values[0], (sum(sizes),)))
     with pytest.raises(AssertionError):
       _assert_close(one_at_a_time['loss'],
                     _phase(config, phase, up_front=True, batched=True)['loss'])
@@ -71,6 +73,27 @@ def test_a_second_pass_that_calls_otherwise_than_the_first_is_an_error():
   with pytest.raises(RuntimeError, match=r"second pass made 0 generator and 0 discriminator "
                      r"calls, the first 0 and 1"):
     session.check_done()
+
+
+@pytest.mark.parametrize('shards', [1, 8])
+def test_each_devices_rows_stay_on_it(shards):
+  mesh = jax.make_mesh((8,), ('data',))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  a, b = (jax.device_put(jnp.arange(16. * 3).reshape(16, 3) + k, rows) for k in (0, 100))
+
+  def scaled(a, b):  # a batched call that multiplies each call's rows by its own value
+    (x,) = batched_calls.concatenate([(a,), (b,)], shards)
+    y = x * batched_calls.per_row([jnp.float32(2), jnp.float32(3)], [16, 16], shards)[:, None]
+    return batched_calls.split(y, [16, 16], shards)
+
+  fn = jax.jit(scaled, out_shardings=rows)
+  ya, yb = fn(a, b)
+  np.testing.assert_array_equal(ya, 2 * a)
+  np.testing.assert_array_equal(yb, 3 * b)
+  collectives = re.findall(r'(all-gather|all-to-all|collective-permute|all-reduce)',
+                           fn.lower(a, b).compile().as_text())
+  # Block by block, each device works on its own rows; whole batches end to end move rows.
+  assert bool(collectives) == (shards == 1), collectives
 
 
 def test_calls_are_grouped_per_network_and_split_back_in_order():

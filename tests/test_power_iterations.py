@@ -143,7 +143,7 @@ def test_training_with_power_iterations_up_front_matches_them_in_the_calls(monke
   monkeypatch.setattr(power_iterations, 'record_calls',
                       lambda *a: recorded.append(1) or record_calls(*a))
   monkeypatch.setattr(batched_calls, 'batched',
-                      lambda fn, calls, f=batched_calls.batched: batched.append(1) or f(fn, calls))
+                      lambda *a, f=batched_calls.batched: batched.append(1) or f(*a))
   config = small_config('multimnist', 'modalities=2', batch_size=16)
   config.power_iterations_up_front = False
   in_calls, in_calls_metrics = test_train._run_steps(config, [1, 1])  # pylint: disable=protected-access
