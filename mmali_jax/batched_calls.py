@@ -157,13 +157,18 @@ def shards_for(sizes, shards):
 def concatenate(args_of_calls, shards=1):
   """The calls' arguments, each [rows, ...], as one batch laid out block by block (above);
   integers, the call's own, kept."""
-  cat = lambda *xs: _rows(jnp.concatenate([_blocks(x, shards) for x in xs], axis=1))
+  if shards == 1:  # the plain concatenation; written as one block it takes a few GPU kernels more
+    cat = lambda *xs: jnp.concatenate(xs, axis=0)
+  else:
+    cat = lambda *xs: _rows(jnp.concatenate([_blocks(x, shards) for x in xs], axis=1))
   return tuple(a[0] if isinstance(a[0], int) else jax.tree.map(cat, *a)
                for a in zip(*args_of_calls))
 
 
 def per_row(values, sizes, shards=1):
   """Scalars, one per call -> [rows]: each call's value at its rows of the batched layout."""
+  if shards == 1:
+    return jnp.concatenate([jnp.broadcast_to(v, (n,)) for v, n in zip(values, sizes)])
   return _rows(jnp.concatenate([jnp.broadcast_to(v, (shards, n // shards))
                                 for v, n in zip(values, sizes)], axis=1))
 
@@ -171,7 +176,10 @@ def per_row(values, sizes, shards=1):
 def split(out, sizes, shards=1):
   """A batched call's output -> one per call."""
   ends = np.cumsum([n // shards for n in sizes])[:-1]
-  pieces = [[_rows(p) for p in jnp.split(_blocks(x, shards), ends, axis=1)]
-            for x in jax.tree.leaves(out)]
+  if shards == 1:
+    pieces = [jnp.split(x, ends, axis=0) for x in jax.tree.leaves(out)]
+  else:
+    pieces = [[_rows(p) for p in jnp.split(_blocks(x, shards), ends, axis=1)]
+              for x in jax.tree.leaves(out)]
   treedef = jax.tree.structure(out)
   return [jax.tree.unflatten(treedef, [p[k] for p in pieces]) for k in range(len(sizes))]
