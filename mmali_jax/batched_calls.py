@@ -148,6 +148,21 @@ def _rows(x):
   return x.reshape((-1,) + x.shape[2:])
 
 
+def _join(pieces, shards):
+  """Arrays [rows_k, ...] -> one [sum rows_k, ...] laid out block by block."""
+  if shards == 1:  # the plain concatenation: as one block it takes a few GPU kernels more
+    return jnp.concatenate(pieces, axis=0)
+  return _rows(jnp.concatenate([_blocks(p, shards) for p in pieces], axis=1))
+
+
+def _part(x, sizes, shards):
+  """`_join`'s inverse."""
+  if shards == 1:
+    return jnp.split(x, np.cumsum(sizes)[:-1], axis=0)
+  ends = np.cumsum([n // shards for n in sizes])[:-1]
+  return [_rows(p) for p in jnp.split(_blocks(x, shards), ends, axis=1)]
+
+
 def shards_for(sizes, shards):
   """`shards` where every call's batch splits evenly into them, else 1 (correct, but then the
   rows move between devices)."""
@@ -157,29 +172,18 @@ def shards_for(sizes, shards):
 def concatenate(args_of_calls, shards=1):
   """The calls' arguments, each [rows, ...], as one batch laid out block by block (above);
   integers, the call's own, kept."""
-  if shards == 1:  # the plain concatenation; written as one block it takes a few GPU kernels more
-    cat = lambda *xs: jnp.concatenate(xs, axis=0)
-  else:
-    cat = lambda *xs: _rows(jnp.concatenate([_blocks(x, shards) for x in xs], axis=1))
-  return tuple(a[0] if isinstance(a[0], int) else jax.tree.map(cat, *a)
+  return tuple(a[0] if isinstance(a[0], int) else
+               jax.tree.map(lambda *xs: _join(xs, shards), *a)
                for a in zip(*args_of_calls))
 
 
 def per_row(values, sizes, shards=1):
   """Scalars, one per call -> [rows]: each call's value at its rows of the batched layout."""
-  if shards == 1:
-    return jnp.concatenate([jnp.broadcast_to(v, (n,)) for v, n in zip(values, sizes)])
-  return _rows(jnp.concatenate([jnp.broadcast_to(v, (shards, n // shards))
-                                for v, n in zip(values, sizes)], axis=1))
+  return _join([jnp.broadcast_to(v, (n,)) for v, n in zip(values, sizes)], shards)
 
 
 def split(out, sizes, shards=1):
   """A batched call's output -> one per call."""
-  ends = np.cumsum([n // shards for n in sizes])[:-1]
-  if shards == 1:
-    pieces = [jnp.split(x, ends, axis=0) for x in jax.tree.leaves(out)]
-  else:
-    pieces = [[_rows(p) for p in jnp.split(_blocks(x, shards), ends, axis=1)]
-              for x in jax.tree.leaves(out)]
+  pieces = [_part(x, sizes, shards) for x in jax.tree.leaves(out)]
   treedef = jax.tree.structure(out)
   return [jax.tree.unflatten(treedef, [p[k] for p in pieces]) for k in range(len(sizes))]
