@@ -27,7 +27,11 @@ def main():
                       help='Seconds this process takes longer to reach its first training step '
                       '(after the processes restored their checkpoint together).')
   args = parser.parse_args()
-  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+  # The device count of this process; other flags (the test session's) are kept.
+  os.environ['XLA_FLAGS'] = ' '.join(
+      [f for f in os.environ.get('XLA_FLAGS', '').split()
+       if 'xla_force_host_platform_device_count' not in f] +
+      [f'--xla_force_host_platform_device_count={args.devices}'])
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # pylint: disable=g-import-not-at-top
