@@ -9,13 +9,17 @@ training runs on accelerators, the state donated) for the described GPU through 
 compilation, and this script counts, in the loop body that is one iteration, the operations that
 become kernels: fusions (XLA's own kernels and its Triton matmuls), library calls (cuBLAS,
 cuDNN), copies and collectives, by network and direction (as benchmarks/profile_step.py
-attributes them); and the loops nested in an iteration whose trip count depends on data (each
-trip waits for the device unless the loop runs inside a CUDA graph). What a call runs once,
-outside its iterations (drawing the batches of all of them, averaging their metrics), is counted
-apart: the instructions of the call's own computation, not those it reaches through calls or
-asynchronous operations. At the paper's batch of 64 most kernels are tiny, so on a GPU an iteration costs about its number of kernels times a few
-microseconds as much as its FLOPs: the count is what a GPU iteration's time can be judged by
-before a GPU is at hand. XLA cannot autotune without a device; the count does not depend on it.
+attributes them); the longest chain of those kernels each waiting for the one before; and the
+loops nested in an iteration whose trip count depends on data (each trip waits for the device
+unless the loop runs inside a CUDA graph). What a call runs once, outside its iterations
+(drawing the batches of all of them, averaging their metrics), is counted apart: the
+instructions of the call's own computation, not those it reaches through calls or asynchronous
+operations. XLA runs the loop body as one command buffer (a CUDA graph) in which a kernel waits
+only for the kernels it depends on, so at the paper's batch of 64, where most kernels are tiny,
+an iteration takes somewhere between the chain's length and the number of kernels times a
+kernel's latency, a few microseconds, rather than its FLOPs' time: the two counts are what a GPU
+iteration's time can be judged by before a GPU is at hand. XLA cannot autotune without a
+device; the counts do not depend on it.
 
 Writes <out_dir>/gpu-kernels-<gpu>.json and .md and prints the table.
 """
@@ -95,6 +99,54 @@ def _kernels(lines):
   return [line for line in lines if (m := _OPCODE.match(line)) and m.group(1) in _KERNEL_OPCODES]
 
 
+_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = ')
+_NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='
+                           r'(?:\{[^}]*\}|%?[\w.\-]+)|metadata=\{[^}]*\}')
+
+
+def longest_chain(lines):
+  """(kernels on the longest chain of kernels each waiting for the one before, {where: how many of
+  them}): the instructions among `lines` that read another's result or are ordered after it
+  (control-predecessors), the instructions that are no kernels (tuple accesses, bitcasts, loops)
+  passing the wait on. XLA runs a loop body on a GPU as one command buffer (a CUDA graph) whose
+  kernels wait only for what they read, so an iteration takes at least this many kernels'
+  latencies one after another, however many kernels run side by side."""
+  deps, kernel, where = {}, {}, {}
+  for line in lines:
+    m = _NAME.match(line)
+    if not m:
+      continue
+    name = m.group(1)
+    deps[name] = set(re.findall(r'%([\w.\-]+)', _NOT_OPERANDS.sub('', line[m.end():])))
+    opcode = _OPCODE.match(line)
+    kernel[name] = bool(opcode and opcode.group(1) in _KERNEL_OPCODES)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    op_name = op_name.group(1) if op_name else ''
+    where[name] = ('spectral-norm power iterations' if 'power_iteration' in op_name else
+                   profile_step._where(op_name))  # pylint: disable=protected-access
+  depth, before = {}, {}
+  for start in deps:  # depth-first, without recursion: a body has thousands of instructions
+    stack = [start]
+    while stack:
+      name = stack[-1]
+      waiting = [d for d in deps[name] if d in deps and d not in depth]
+      if waiting:
+        stack.extend(waiting)
+        continue
+      stack.pop()
+      if name in depth:
+        continue
+      last = max((d for d in deps[name] if d in deps), key=depth.get, default=None)
+      depth[name] = kernel[name] + (depth[last] if last else 0)
+      before[name] = last
+  name, on_chain = max(depth, key=depth.get, default=None), collections.Counter()
+  length = depth.get(name, 0)
+  while name:
+    on_chain[where[name]] += kernel[name]
+    name = before[name]
+  return length, {k: v for k, v in on_chain.most_common() if v}
+
+
 def _data_dependent_loops(comps, lines):
   """(number of loops among `lines` whose trip count depends on data, kernels per trip: those of
   their bodies and of their conditions)."""
@@ -108,7 +160,8 @@ def count_kernels(hlo_text, steps_per_dispatch):
   and those a call runs once, outside that loop (drawing the batches of all its iterations).
 
   -> {'kernels': n, 'by opcode': {...}, 'spectral-norm power iterations': n (of the kernels),
-      'by network': {...}, 'data-dependent loops': n, 'kernels per trip of those loops': n,
+      'by network': {...}, 'longest chain': n (`longest_chain`), 'on the longest chain': {...},
+      'data-dependent loops': n, 'kernels per trip of those loops': n,
       'per call, outside the loop': {'kernels': n, 'data-dependent loops': n,
                                      'kernels per trip of those loops': n}}
   """
@@ -128,11 +181,14 @@ def count_kernels(hlo_text, steps_per_dispatch):
       where = 'power iterations before the calls'
     by_network[where] += 1
   loops, per_trip = _data_dependent_loops(comps, comps[bodies[0]])
+  chain, on_chain = longest_chain(comps[bodies[0]])
   entry = comps[re.search(r'^ENTRY %?([\w.\-]+) \(', hlo_text, re.M).group(1)]
   outside_loops, outside_per_trip = _data_dependent_loops(comps, entry)
   return {'kernels': sum(by_opcode.values()), 'by opcode': dict(by_opcode.most_common()),
           'spectral-norm power iterations': power_iterations,
-          'by network': dict(by_network.most_common()), 'data-dependent loops': loops,
+          'by network': dict(by_network.most_common()),
+          'longest chain': chain, 'on the longest chain': on_chain,
+          'data-dependent loops': loops,
           'kernels per trip of those loops': per_trip,
           'per call, outside the loop': {
               'kernels': len(_kernels(entry)), 'data-dependent loops': outside_loops,
@@ -164,16 +220,18 @@ def table(results, gpu, steps_per_dispatch, top, variants=()):
   lines = [f'Kernels per training iteration compiled for one {gpu.upper()} (jax {jax.__version__}, '
            f'batch 64, {steps_per_dispatch} iterations per call; `{command}`)', '',
            '| case | kernels per iteration | fusions | library calls | copies | of which in '
-           'spectral-norm power iterations | data-dependent loops (kernels per trip) | '
+           'spectral-norm power iterations | longest chain of dependent kernels (power '
+           'iterations on it) | data-dependent loops (kernels per trip) | '
            'once per call, outside the iterations: kernels, data-dependent loops (kernels per '
            'trip) | most kernels |',
-           '|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|']
   for name, r in results.items():
     ops, outside = r['by opcode'], r['per call, outside the loop']
     most = ', '.join(f'{k} {v}' for k, v in list(r['by network'].items())[:top])
     lines.append(f"| {name} | {r['kernels']} | {ops.get('fusions', 0)} | "
                  f"{ops.get('library calls', 0)} | {ops.get('copies', 0)} | "
-                 f"{r['spectral-norm power iterations']} | "
+                 f"{r['spectral-norm power iterations']} | {r['longest chain']} "
+                 f"({r['on the longest chain'].get('spectral-norm power iterations', 0)}) | "
                  f"{r['data-dependent loops']} ({r['kernels per trip of those loops']}) | "
                  f"{outside['kernels']}, {outside['data-dependent loops']} "
                  f"({outside['kernels per trip of those loops']}) | {most} |")

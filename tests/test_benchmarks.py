@@ -69,7 +69,8 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
   # The call's loop (3 trips) holds one iteration: 2 fusions (power iterations, one in the
   # discriminator D0 of modality 0, one run before the calls), a cuDNN call returning a tuple, a copy, free bitcasts and
   # tuple accesses, and a cycle-walking loop of unknown trip count (a fusion in its condition
-  # and one in its body). (Training draws its batches before the iterations: the loop sits in
+  # and one in its body). The longest chain: fusion.1, fusion.2 reading it, the copy ordered
+  # after fusion.2. (Training draws its batches before the iterations: the loop sits in
   # the iteration here to check that one found there is counted.)
   power = ('jit(train_steps)/while/body/jvp(FactorizedDiscriminators.unimodal)/d0_0mnist/'
            'SpectralNorm_0/power_iteration/dot_general')
@@ -92,7 +93,7 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
       '  %fusion.2 = (f32[4,4]{1,0}, f32[4]{0}) fusion(%w, %fusion.1), kind=kInput, calls=%f2, '
       'metadata={op_name="jit(train_steps)/while/body/jvp(power_iteration)/vmap()/dot_general"}',
       '  %cudnn = (f32[4,4]{1,0}, u8[0]{0}) custom-call(%w), custom_call_target="__cudnn$convForward"',
-      '  %copy.3 = f32[4,4]{0,1} copy(%w)',
+      '  %copy.3 = f32[4,4]{0,1} copy(%w), control-predecessors={%fusion.2}',
       '  %u = u32[8]{0} get-tuple-element(%s), index=2',
       '  %walk = u32[8]{0} while(%u), condition=%walk_cond, body=%walk_body',
       '  ROOT %t = (s32[], f32[4,4]{1,0}, u32[8]{0}) tuple(%s, %copy.3, %walk)',
@@ -112,6 +113,9 @@ def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
   assert counts['by network'] == {'other (optimizer, sampler, losses)': 2,
                                   'forward unimodal/d0_0mnist': 1,
                                   'power iterations before the calls': 1}
+  assert counts['longest chain'] == 3
+  assert counts['on the longest chain'] == {'spectral-norm power iterations': 2,
+                                            'other (optimizer, sampler, losses)': 1}
   # A trip runs the loop's condition (a reduction) and its body.
   assert counts['data-dependent loops'] == 1 and counts['kernels per trip of those loops'] == 2
   assert counts['per call, outside the loop'] == {
