@@ -79,7 +79,8 @@ FLAGS = flags.FLAGS  # --cases, --variants and --out_dir: benchmarks/run.py's
 _KERNEL_OPCODES = {'fusion': 'fusions', 'custom-call': 'library calls', 'copy': 'copies',
                    'all-reduce': 'collectives', 'all-gather': 'collectives',
                    'reduce-scatter': 'collectives'}
-_OPCODE = re.compile(r'^\s*(?:ROOT )?%?[\w.\-]+ = .*? ([a-z][\w\-]*)\(')  # shapes may be tuples
+# An instruction's name and opcode (its shape may be a tuple, with spaces).
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\(')
 
 
 def _loops(lines):
@@ -96,10 +97,20 @@ def _loops(lines):
 
 
 def _kernels(lines):
-  return [line for line in lines if (m := _OPCODE.match(line)) and m.group(1) in _KERNEL_OPCODES]
+  return [line for line in lines if _kernel_opcode(line)]
 
 
-_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = ')
+def _kernel_opcode(line):
+  """The instruction's opcode if it becomes a kernel, else None."""
+  m = _INSTRUCTION.match(line)
+  return m.group(2) if m and m.group(2) in _KERNEL_OPCODES else None
+
+
+def _op_name(line):
+  op_name = re.search(r'op_name="([^"]*)"', line)
+  return op_name.group(1) if op_name else ''
+
+
 _NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='
                            r'(?:\{[^}]*\}|%?[\w.\-]+)|metadata=\{[^}]*\}')
 
@@ -113,15 +124,14 @@ def longest_chain(lines):
   latencies one after another, however many kernels run side by side."""
   deps, kernel, where = {}, {}, {}
   for line in lines:
-    m = _NAME.match(line)
+    m = _INSTRUCTION.match(line)
     if not m:
       continue
-    name = m.group(1)
-    deps[name] = set(re.findall(r'%([\w.\-]+)', _NOT_OPERANDS.sub('', line[m.end():])))
-    opcode = _OPCODE.match(line)
-    kernel[name] = bool(opcode and opcode.group(1) in _KERNEL_OPCODES)
-    op_name = re.search(r'op_name="([^"]*)"', line)
-    op_name = op_name.group(1) if op_name else ''
+    name, op_name = m.group(1), _op_name(line)
+    # In the order written, so that of equally long chains the same one is reported every run.
+    deps[name] = list(dict.fromkeys(
+        re.findall(r'%([\w.\-]+)', _NOT_OPERANDS.sub('', line[m.start(2):]))))
+    kernel[name] = m.group(2) in _KERNEL_OPCODES
     where[name] = ('spectral-norm power iterations' if 'power_iteration' in op_name else
                    profile_step._where(op_name))  # pylint: disable=protected-access
   depth, before = {}, {}
@@ -172,11 +182,11 @@ def count_kernels(hlo_text, steps_per_dispatch):
     raise ValueError(f'Expected one loop of {steps_per_dispatch} trips, found {len(bodies)}.')
   by_opcode, by_network, power_iterations = collections.Counter(), collections.Counter(), 0
   for line in _kernels(comps[bodies[0]]):
-    by_opcode[_KERNEL_OPCODES[_OPCODE.match(line).group(1)]] += 1
-    op_name = re.search(r'op_name="([^"]*)"', line)
-    power_iteration = bool(op_name and 'power_iteration' in op_name.group(1))
+    by_opcode[_KERNEL_OPCODES[_kernel_opcode(line)]] += 1
+    op_name = _op_name(line)
+    power_iteration = 'power_iteration' in op_name
     power_iterations += power_iteration
-    where = profile_step._where(op_name.group(1) if op_name else '')  # pylint: disable=protected-access
+    where = profile_step._where(op_name)  # pylint: disable=protected-access
     if power_iteration and where.startswith('other'):  # run before the calls, outside networks
       where = 'power iterations before the calls'
     by_network[where] += 1
