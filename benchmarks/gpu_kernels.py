@@ -111,10 +111,6 @@ def _op_name(line):
   return op_name.group(1) if op_name else ''
 
 
-_NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='
-                           r'(?:\{[^}]*\}|%?[\w.\-]+)|metadata=\{[^}]*\}')
-
-
 def longest_chain(lines):
   """(kernels on the longest chain of kernels each waiting for the one before, {where: how many of
   them}): the instructions among `lines` that read another's result or are ordered after it
@@ -129,8 +125,7 @@ def longest_chain(lines):
       continue
     name, op_name = m.group(1), _op_name(line)
     # In the order written, so that of equally long chains the same one is reported every run.
-    deps[name] = list(dict.fromkeys(
-        re.findall(r'%([\w.\-]+)', _NOT_OPERANDS.sub('', line[m.start(2):]))))
+    deps[name] = profile_step.operands(line, m.start(2))
     kernel[name] = m.group(2) in _KERNEL_OPCODES
     where[name] = ('spectral-norm power iterations' if 'power_iteration' in op_name else
                    profile_step._where(op_name))  # pylint: disable=protected-access

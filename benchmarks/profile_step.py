@@ -8,7 +8,8 @@ Runs the step of the config on device-resident random data (as benchmarks/run.py
 - the wall time, untraced and traced;
 - the time of the step's XLA operations by kind (matmuls and convolutions, copies and transposes,
   everything else), by network and direction (forward or backward, from each operation's
-  source location), and the most expensive operations with their shapes;
+  source location; one XLA made without, a convolution's kernel gradient say, takes its nearest
+  operands'), and the most expensive operations with their shapes;
 - XLA's FLOP count of the iteration and the rate it implies while matmuls run, per thread;
 - how busy the executing threads were (CPU: how long 0, 1 or 2+ of them ran operations).
 Times are summed over threads: on a 2-core CPU two operations run side by side, so the sums can
@@ -66,21 +67,52 @@ def computations(hlo_text):
   return out
 
 
+_NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='
+                           r'(?:\{[^}]*\}|%?[\w.\-]+)|metadata=\{[^}]*\}')
+
+
+def operands(line, opcode_start):
+  """The names an instruction reads, in the order written (its text from the opcode on)."""
+  return list(dict.fromkeys(re.findall(r'%([\w.\-]+)',
+                                       _NOT_OPERANDS.sub('', line[opcode_start:]))))
+
+
+def _source_from_operands(name, sources, reads):
+  """The source location of the nearest operands that have one, for an instruction XLA made
+  without (the kernel gradients it rewrites convolutions into, say): a backward one where
+  one of them is backward, since what reads a gradient is part of the backward pass."""
+  seen, level = {name}, reads.get(name, [])
+  while level:
+    found = [sources[n] for n in level if sources.get(n)]
+    if found:
+      return next((s for s in found if 'transpose(' in s), found[0])
+    seen.update(level)
+    level = [r for n in level for r in reads.get(n, []) if r not in seen]
+  return ''
+
+
 def _instructions(hlo_text):
-  """name -> (shape, opcode, source op name, whether it is or fuses a matmul/convolution)."""
+  """name -> (shape, opcode, source op name, whether it is or fuses a matmul/convolution).
+
+  An instruction without a source location takes its nearest operands' (_source_from_operands).
+  """
   bodies = computations(hlo_text)
   has_matmul = lambda lines: any(' dot(' in l or ' convolution(' in l or 'custom_call_target="__'
                                  in l for l in lines)
-  out = {}
+  out, sources, reads = {}, {}, {}
   for line in hlo_text.splitlines():
     m = _INSTRUCTION.match(line)
-    if not m:
+    if not m or m.group(1) in out:
       continue
     called = re.search(r'calls=%?([\w.\-]+)', line)
     matmul = has_matmul([line]) or bool(called and has_matmul(bodies.get(called.group(1), [])))
     op_name = re.search(r'op_name="([^"]*)"', line)
-    out.setdefault(m.group(1), (m.group(2), m.group(3), op_name.group(1) if op_name else '',
-                                matmul))
+    sources[m.group(1)] = op_name.group(1) if op_name else ''
+    reads[m.group(1)] = operands(line, m.start(3))
+    out[m.group(1)] = (m.group(2), m.group(3), sources[m.group(1)], matmul)
+  for name, (shape, opcode, source, matmul) in out.items():
+    if not source:
+      out[name] = (shape, opcode, _source_from_operands(name, sources, reads), matmul)
   return out
 
 

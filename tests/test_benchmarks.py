@@ -49,10 +49,37 @@ def test_instructions_know_which_fuse_a_matmul(profile_step):
       '}'])
   instructions = profile_step._instructions(hlo)  # pylint: disable=protected-access
   assert instructions['ynn_fusion.1'] == ('f32[4,4]{1,0}', 'fusion', 'jit(f)/dot_general', True)
-  assert instructions['copy.2'][1:] == ('copy', '', False)
+  assert instructions['copy.2'][1:] == ('copy', 'jit(f)/dot_general', False)  # its operand's source
   kind = profile_step._kind  # pylint: disable=protected-access
   assert kind('fusion', True) == 'matmuls and convolutions'
   assert kind('copy', False) == 'copies and transposes'
+
+
+def test_operations_without_a_source_take_their_nearest_operands(profile_step):
+  # XLA rewrites a convolution's kernel gradient into a fusion without metadata that reads
+  # transposed copies (also without) of the layer's input and of its output's gradient.
+  forward = 'jit(f)/jvp(FactorizedDiscriminators.content)/d1_1svhn/XFeatures_0/select_n'
+  backward = 'jit(f)/transpose(jvp(FactorizedDiscriminators.content))/d1_1svhn/XFeatures_0/div'
+  hlo = '\n'.join([
+      'HloModule m', '',
+      'ENTRY %main (a: f32[4,4]) -> f32[4,4] {',
+      '  %a = f32[4,4]{1,0} parameter(0)',
+      f'  %act = f32[4,4]{{1,0}} negate(%a), metadata={{op_name="{forward}"}}',
+      f'  %grad = f32[4,4]{{1,0}} exp(%a), metadata={{op_name="{backward}"}}',
+      '  %t.1 = f32[4,4]{0,1} copy(%act)',
+      '  %t.2 = f32[4,4]{0,1} copy(%grad)',
+      '  %kernel_grad = f32[4,4]{1,0} add(%t.1, %t.2)',
+      '  %from_forward = f32[4,4]{1,0} abs(%t.1)',
+      '  %orphan = f32[4,4]{1,0} abs(%a)',
+      '  ROOT %r = f32[4,4]{1,0} add(%kernel_grad, %orphan)',
+      '}'])
+  instructions = profile_step._instructions(hlo)  # pylint: disable=protected-access
+  where = lambda name: profile_step._where(instructions[name][2])  # pylint: disable=protected-access
+  assert where('kernel_grad') == 'backward content/d1_1svhn'
+  assert where('t.2') == 'backward content/d1_1svhn'
+  assert where('from_forward') == 'forward content/d1_1svhn'
+  assert instructions['orphan'][2] == ''
+  assert instructions['act'][2] == forward
 
 
 def test_busy_threads_counts_overlap_and_nesting(profile_step):
