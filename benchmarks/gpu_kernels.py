@@ -8,8 +8,9 @@ XLA compiles each benchmark case's training steps (`steps_per_dispatch` iteratio
 training runs on accelerators, the state donated) for the described GPU through JAX's deviceless
 compilation, and this script counts, in the loop body that is one iteration, the operations that
 become kernels: fusions (XLA's own kernels and its Triton matmuls), library calls (cuBLAS,
-cuDNN), copies and collectives, by network and direction (as benchmarks/profile_step.py
-attributes them); the longest chain of those kernels each waiting for the one before; and the
+cuDNN), copies and collectives, by network and direction (from each kernel's own source
+location, named as benchmarks/profile_step.py names them; a kernel XLA made without one counts as
+"other", where profile_step gives it its operands'); the longest chain of those kernels each waiting for the one before; and the
 loops nested in an iteration whose trip count depends on data (each trip waits for the device
 unless the loop runs inside a CUDA graph). What a call runs once, outside its iterations
 (drawing the batches of all of them, averaging their metrics), is counted apart: the

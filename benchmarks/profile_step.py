@@ -48,7 +48,8 @@ flags.DEFINE_integer('top', 20, 'Most expensive operations listed.')
 flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new temporary folder).')
 FLAGS = flags.FLAGS
 
-_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([a-z][\w\-]*)\(')
+# An instruction's name, shape (a tuple's has spaces) and opcode.
+_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(')
 _HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
 _SKIPPED_EVENTS = ('ThunkExecutor', 'end:', 'Slinky', 'ThreadpoolListener')
 
@@ -69,26 +70,29 @@ def computations(hlo_text):
 
 _NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='
                            r'(?:\{[^}]*\}|%?[\w.\-]+)|metadata=\{[^}]*\}')
+_CONTROL = re.compile(r'control-predecessors=\{[^}]*\}')
 
 
-def operands(line, opcode_start):
-  """The names an instruction reads, in the order written (its text from the opcode on)."""
-  return list(dict.fromkeys(re.findall(r'%([\w.\-]+)',
-                                       _NOT_OPERANDS.sub('', line[opcode_start:]))))
+def operands(line, opcode_start, control=True):
+  """The names an instruction reads, in the order written (its text from the opcode on), and
+  with control=True those it is ordered after (control-predecessors)."""
+  text = _NOT_OPERANDS.sub('', line[opcode_start:])
+  if not control:
+    text = _CONTROL.sub('', text)
+  return list(dict.fromkeys(re.findall(r'%([\w.\-]+)', text)))
 
 
 def _source_from_operands(name, sources, reads):
-  """The source location of the nearest operands that have one, for an instruction XLA made
-  without (the kernel gradients it rewrites convolutions into, say): a backward one where
-  one of them is backward, since what reads a gradient is part of the backward pass."""
-  seen, level = {name}, reads.get(name, [])
+  """For an instruction XLA made without a source location (the kernel gradients it rewrites
+  convolutions into, say): the sources of the first instructions with one on each path back
+  through its operands, a backward one where any is backward (what reads a gradient is part of
+  the backward pass), else the first found."""
+  seen, level, found = {name}, reads.get(name, []), []
   while level:
-    found = [sources[n] for n in level if sources.get(n)]
-    if found:
-      return next((s for s in found if 'transpose(' in s), found[0])
     seen.update(level)
-    level = [r for n in level for r in reads.get(n, []) if r not in seen]
-  return ''
+    found += [sources[n] for n in level if sources.get(n)]
+    level = [r for n in level if not sources.get(n) for r in reads.get(n, []) if r not in seen]
+  return next((s for s in found if 'transpose(' in s), found[0] if found else '')
 
 
 def _instructions(hlo_text):
@@ -108,7 +112,7 @@ def _instructions(hlo_text):
     matmul = has_matmul([line]) or bool(called and has_matmul(bodies.get(called.group(1), [])))
     op_name = re.search(r'op_name="([^"]*)"', line)
     sources[m.group(1)] = op_name.group(1) if op_name else ''
-    reads[m.group(1)] = operands(line, m.start(3))
+    reads[m.group(1)] = operands(line, m.start(3), control=False)
     out[m.group(1)] = (m.group(2), m.group(3), sources[m.group(1)], matmul)
   for name, (shape, opcode, source, matmul) in out.items():
     if not source:

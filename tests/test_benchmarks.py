@@ -70,7 +70,10 @@ def test_operations_without_a_source_take_their_nearest_operands(profile_step):
       '  %t.2 = f32[4,4]{0,1} copy(%grad)',
       '  %kernel_grad = f32[4,4]{1,0} add(%t.1, %t.2)',
       '  %from_forward = f32[4,4]{1,0} abs(%t.1)',
-      '  %orphan = f32[4,4]{1,0} abs(%a)',
+      '  %nearer_forward = f32[4,4]{1,0} add(%act, %t.2)',
+      '  %orphan = f32[4,4]{1,0} abs(%a), control-predecessors={%act}',
+      '  %pair = (f32[4,4]{1,0}, f32[4,4]{1,0}) tuple(%t.2, %a)',
+      '  %from_pair = f32[4,4]{1,0} get-tuple-element(%pair), index=0',
       '  ROOT %r = f32[4,4]{1,0} add(%kernel_grad, %orphan)',
       '}'])
   instructions = profile_step._instructions(hlo)  # pylint: disable=protected-access
@@ -78,7 +81,10 @@ def test_operations_without_a_source_take_their_nearest_operands(profile_step):
   assert where('kernel_grad') == 'backward content/d1_1svhn'
   assert where('t.2') == 'backward content/d1_1svhn'
   assert where('from_forward') == 'forward content/d1_1svhn'
-  assert instructions['orphan'][2] == ''
+  assert where('nearer_forward') == 'backward content/d1_1svhn'  # the gradient, though further
+  assert instructions['orphan'][2] == ''  # being ordered after an instruction is not reading it
+  assert instructions['pair'][:2] == ('(f32[4,4]{1,0}, f32[4,4]{1,0})', 'tuple')
+  assert where('from_pair') == 'backward content/d1_1svhn'
   assert instructions['act'][2] == forward
 
 
