@@ -10,9 +10,9 @@ compilation, and this script counts, in the loop body that is one iteration, the
 become kernels: fusions (XLA's own kernels and its Triton matmuls), library calls (cuBLAS,
 cuDNN), copies and collectives, by network and direction (from each kernel's own source
 location, named as benchmarks/profile_step.py names them; a kernel XLA made without one counts as
-"other", where profile_step gives it its operands'); the longest chain of those kernels each waiting for the one before; and the
-loops nested in an iteration whose trip count depends on data (each trip waits for the device
-unless the loop runs inside a CUDA graph). What a call runs once, outside its iterations
+"other", where profile_step gives it its operands'); the longest chain of those kernels each
+waiting for the one before; and the loops nested in an iteration whose trip count depends on
+data (each trip waits for the device unless the loop runs inside a CUDA graph). What a call runs once, outside its iterations
 (drawing the batches of all of them, averaging their metrics), is counted apart: the
 instructions of the call's own computation, not those it reaches through calls or asynchronous
 operations. XLA runs the loop body as one command buffer (a CUDA graph) in which a kernel waits
@@ -80,8 +80,6 @@ FLAGS = flags.FLAGS  # --cases, --variants and --out_dir: benchmarks/run.py's
 _KERNEL_OPCODES = {'fusion': 'fusions', 'custom-call': 'library calls', 'copy': 'copies',
                    'all-reduce': 'collectives', 'all-gather': 'collectives',
                    'reduce-scatter': 'collectives'}
-# An instruction's name and opcode (its shape may be a tuple, with spaces).
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\(')
 
 
 def _loops(lines):
@@ -103,13 +101,8 @@ def _kernels(lines):
 
 def _kernel_opcode(line):
   """The instruction's opcode if it becomes a kernel, else None."""
-  m = _INSTRUCTION.match(line)
-  return m.group(2) if m and m.group(2) in _KERNEL_OPCODES else None
-
-
-def _op_name(line):
-  op_name = re.search(r'op_name="([^"]*)"', line)
-  return op_name.group(1) if op_name else ''
+  m = profile_step.INSTRUCTION.match(line)
+  return m.group(3) if m and m.group(3) in _KERNEL_OPCODES else None
 
 
 def longest_chain(lines):
@@ -121,13 +114,13 @@ def longest_chain(lines):
   latencies one after another, however many kernels run side by side."""
   deps, kernel, where = {}, {}, {}
   for line in lines:
-    m = _INSTRUCTION.match(line)
+    m = profile_step.INSTRUCTION.match(line)
     if not m:
       continue
-    name, op_name = m.group(1), _op_name(line)
+    name, op_name = m.group(1), profile_step.op_name(line)
     # In the order written, so that of equally long chains the same one is reported every run.
-    deps[name] = profile_step.operands(line, m.start(2))
-    kernel[name] = m.group(2) in _KERNEL_OPCODES
+    deps[name] = profile_step.operands(line, m.start(3))
+    kernel[name] = m.group(3) in _KERNEL_OPCODES
     where[name] = ('spectral-norm power iterations' if 'power_iteration' in op_name else
                    profile_step._where(op_name))  # pylint: disable=protected-access
   depth, before = {}, {}
@@ -179,7 +172,7 @@ def count_kernels(hlo_text, steps_per_dispatch):
   by_opcode, by_network, power_iterations = collections.Counter(), collections.Counter(), 0
   for line in _kernels(comps[bodies[0]]):
     by_opcode[_KERNEL_OPCODES[_kernel_opcode(line)]] += 1
-    op_name = _op_name(line)
+    op_name = profile_step.op_name(line)
     power_iteration = 'power_iteration' in op_name
     power_iterations += power_iteration
     where = profile_step._where(op_name)  # pylint: disable=protected-access

@@ -49,7 +49,7 @@ flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new tem
 FLAGS = flags.FLAGS
 
 # An instruction's name, shape (a tuple's has spaces) and opcode.
-_INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(')
+INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(')
 _HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
 _SKIPPED_EVENTS = ('ThunkExecutor', 'end:', 'Slinky', 'ThreadpoolListener')
 
@@ -71,6 +71,12 @@ def computations(hlo_text):
 _NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='
                            r'(?:\{[^}]*\}|%?[\w.\-]+)|metadata=\{[^}]*\}')
 _CONTROL = re.compile(r'control-predecessors=\{[^}]*\}')
+
+
+def op_name(line):
+  """The instruction's source location (its op_name metadata), or ''."""
+  found = re.search(r'op_name="([^"]*)"', line)
+  return found.group(1) if found else ''
 
 
 def operands(line, opcode_start, control=True):
@@ -105,13 +111,12 @@ def _instructions(hlo_text):
                                  in l for l in lines)
   out, sources, reads = {}, {}, {}
   for line in hlo_text.splitlines():
-    m = _INSTRUCTION.match(line)
+    m = INSTRUCTION.match(line)
     if not m or m.group(1) in out:
       continue
     called = re.search(r'calls=%?([\w.\-]+)', line)
     matmul = has_matmul([line]) or bool(called and has_matmul(bodies.get(called.group(1), [])))
-    op_name = re.search(r'op_name="([^"]*)"', line)
-    sources[m.group(1)] = op_name.group(1) if op_name else ''
+    sources[m.group(1)] = op_name(line)
     reads[m.group(1)] = operands(line, m.start(3), control=False)
     out[m.group(1)] = (m.group(2), m.group(3), sources[m.group(1)], matmul)
   for name, (shape, opcode, source, matmul) in out.items():
