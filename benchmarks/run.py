@@ -22,7 +22,9 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
   alternating rounds, with how much each changes the losses of the first call.
 
 Writes <out_dir>/<device>.json and <device>.md (a table) and prints the table; a subset of the
-cases (--cases) goes to <device>-subset.{json,md} instead.
+cases (--cases) goes to <device>-subset.{json,md} instead. Until every selected case is measured,
+the cases measured so far are in <name>-incomplete.{json,md}, so that a run stopped part-way keeps
+them without replacing an earlier complete table.
 """
 import copy
 import json
@@ -44,6 +46,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# On a GPU the training loop and the reference run as processes beside this one: JAX's default,
+# taking 75% of the GPU's memory at start, would leave them too little. Inherited by the loop.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from mmali_jax import config_checks
@@ -383,7 +388,10 @@ def main(argv):
   device = device_name()
   stem = results_name(device, selected)
   peak = matmul_rate(FLAGS.seconds)
-  results = []
+  summary = dict(device=device, devices=[str(d) for d in jax.devices()], jax=jax.__version__,
+                 matmul_peak_gflop_per_s=round(peak / 1e9, 1), command=' '.join(sys.argv),
+                 date=time.strftime('%Y-%m-%d'))
+  results, text = [], ''
   for case, config_file, arg in selected:
     config = _load_config(config_file, arg)
     record = dict(case=case, config=f'configs/{config_file}.py:{arg}',
@@ -412,21 +420,36 @@ def main(argv):
         hours_for_250k_steps=round(250_000 / rate / 3600, 2))
     results.append(record)
     print(json.dumps(record), flush=True)
-  summary = dict(device=device, devices=[str(d) for d in jax.devices()], jax=jax.__version__,
-                 matmul_peak_gflop_per_s=round(peak / 1e9, 1), command=' '.join(sys.argv),
-                 date=time.strftime('%Y-%m-%d'), results=results)
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  with open(os.path.join(FLAGS.out_dir, f'{stem}.json'), 'w') as f:
+    # After every case, so that a run stopped part-way (a time-limited lease, a crash in a
+    # later case) keeps the cases it measured, beside any complete table it does not replace.
+    text = write_results(FLAGS.out_dir, stem, summary, results, len(selected))
+  print(text)
+
+
+def write_results(out_dir, stem, summary, results, num_cases):
+  """Writes the cases measured so far to <stem>-incomplete.{json,md}, and once all are measured
+  to <stem>.{json,md}, removing the incomplete ones; -> the markdown."""
+  summary = dict(summary, results=results)
+  partial = os.path.join(out_dir, f'{stem}-incomplete')
+  if len(results) < num_cases:
+    summary['incomplete'] = f'{len(results)} of {num_cases} cases measured'
+    path = partial
+  else:
+    path = os.path.join(out_dir, stem)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(path + '.json', 'w') as f:
     json.dump(summary, f, indent=2)
-  text = (f'# Benchmarks on {device}\n\n`{summary["command"]}` ({summary["date"]}, jax '
-          f'{jax.__version__}; float32 matmul peak measured in the same run: '
+  text = (f'# Benchmarks on {summary["device"]}\n\n`{summary["command"]}` ({summary["date"]}, '
+          f'jax {summary["jax"]}; float32 matmul peak measured in the same run: '
           f'{summary["matmul_peak_gflop_per_s"]} GFLOP/s). Step it/s: the jitted training step '
           'on device-resident random data; loop it/s: `python -m mmali_jax.main` on real data; '
           'reference: the authors\' PyTorch iteration on random tensors, same machine, same '
           'run. Step memory: XLA\'s peak memory of the compiled step (dataset included). The '
-          '250k-steps estimate uses the loop rate where measured.\n\n'
-          + _table(results) + '\n')
-  if FLAGS.variants:
+          '250k-steps estimate uses the loop rate where measured.\n\n')
+  if 'incomplete' in summary:
+    text += f'**Incomplete: {summary["incomplete"]}; the run stopped or is still going.**\n\n'
+  text += _table(results) + '\n'
+  if any('variants' in r for r in results):
     text += ('\n## Variants\n\nThe jitted step under other settings of the config, against the '
              'case\'s own config compiled in the same process, timed in alternating rounds '
              '(median ms per iteration); loss change: |D loss - the case\'s own| and the same '
@@ -439,9 +462,13 @@ def main(argv):
              if 'reference_error' in r]
   if failed:
     text += '\n' + '\n'.join(failed) + '\n'
-  with open(os.path.join(FLAGS.out_dir, f'{stem}.md'), 'w') as f:
+  with open(path + '.md', 'w') as f:
     f.write(text)
-  print(text)
+  if path != partial:
+    for ext in ('.json', '.md'):
+      if os.path.exists(partial + ext):
+        os.remove(partial + ext)
+  return text
 
 
 if __name__ == '__main__':

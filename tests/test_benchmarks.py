@@ -185,6 +185,22 @@ def test_cases_are_selected_by_name_and_a_subset_has_its_own_results():
   assert run.results_name('gpu-1x-H200', run.select_cases('')) == 'gpu-1x-H200'
 
 
+def test_a_stopped_run_keeps_its_cases_beside_the_complete_table(tmp_path):
+  run = _benchmark('run')
+  summary = dict(device='gpu-1x-H200', command='benchmarks/run.py', date='2026-12-05', jax='x',
+                 matmul_peak_gflop_per_s=1.0)
+  case = dict(case='MultiMNIST M=2 factorized', step_iterations_per_s=1000.0)
+  (tmp_path / 'gpu-1x-H200.md').write_text('an earlier complete table')
+  run.write_results(str(tmp_path), 'gpu-1x-H200', summary, [case], 2)
+  assert (tmp_path / 'gpu-1x-H200.md').read_text() == 'an earlier complete table'
+  text = (tmp_path / 'gpu-1x-H200-incomplete.md').read_text()
+  assert '**Incomplete: 1 of 2 cases measured' in text and '| MultiMNIST M=2 factorized |' in text
+  run.write_results(str(tmp_path), 'gpu-1x-H200', summary, [case, dict(case, case='M=4')], 2)
+  assert sorted(os.listdir(tmp_path)) == ['gpu-1x-H200.json', 'gpu-1x-H200.md']
+  text = (tmp_path / 'gpu-1x-H200.md').read_text()
+  assert 'Incomplete' not in text and '| M=4 |' in text
+
+
 def test_a_failed_training_loop_is_reported_and_the_benchmark_goes_on(tmp_path):
   run = _benchmark('run')
   # A preparation that stopped half-way: the command stops at once, naming the folder.

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/performance.md ("The GPU path"), most wanted first, on a time
+# budget: each phase ends by its share of it, so a time-limited machine still returns what was
+# measured. benchmarks/run.py writes each case's results as soon as it is measured.
+#
+#   bash benchmarks/gpu.sh OUT_DIR DATA_DIR REFERENCE_DIR [REFERENCE_PYTHON] [SECONDS]
+#
+# DATA_DIR: a TFDS data dir with mnist and svhn_cropped (the loop's speed does not depend on the
+#   images: a stand-in svhn_cropped with fewer examples times it as well).
+# REFERENCE_DIR: a checkout of the authors' code (6b5d/mmali); REFERENCE_PYTHON has torch.
+# SECONDS: what the whole script may take (default 1800).
+#
+# Phases, each ending by the cumulative share of SECONDS in brackets:
+#   targets   [40%]  MNIST-SVHN and MultiMNIST M=2 factorized: step, training loop, reference
+#   precision [60%]  their step in TF32 and with per-phase spectral-norm estimates (opt-in modes)
+#   cases     [80%]  the other four cases: step, training loop, reference
+#   batching  [92%]  what the exact batching bought: each of its two settings off
+#   profile  [100%]  benchmarks/profile_step.py on MNIST-SVHN
+# Each phase writes OUT_DIR/<phase>/ and OUT_DIR/<phase>.log.
+set -uo pipefail
+if (( $# < 3 )); then
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+fi
+out=$1 data=$2 reference=$3 reference_python=${4:-python3} budget=${5:-1800}
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+start=$SECONDS
+py=${PYTHON:-python3}
+
+phase() {  # phase NAME SHARE_PERCENT COMMAND...
+  local name=$1 share=$2
+  shift 2
+  local cap=$(( start + budget * share / 100 - SECONDS ))
+  if (( cap < 30 )); then
+    echo "== $name: skipped, ${cap}s of its time left" | tee "$out/$name.log"
+    return
+  fi
+  echo "== $name: up to ${cap}s: $*" | tee "$out/$name.log"
+  timeout --signal=INT --kill-after=20 "$cap" "$@" 2>&1 | tee -a "$out/$name.log"
+  echo "== $name: exit ${PIPESTATUS[0]} after $(( SECONDS - start ))s in all" | tee -a "$out/$name.log"
+  # A stopped run.py leaves its training loop or reference process running: they would share
+  # the GPU with the next phase's timings.
+  pkill -INT -f 'mmali_jax.main|reference_step.py' && sleep 5
+  pkill -KILL -f 'mmali_jax.main|reference_step.py'
+  true
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+  > "$out/gpu.csv" 2>&1
+reference=(--reference_dir="$reference" --reference_python="$reference_python")
+targets='MNIST-SVHN factorized,M=2 factorized'
+phase targets 40 "$py" benchmarks/run.py --cases="$targets" --seconds=5 --data_dir="$data" \
+  "${reference[@]}" --out_dir="$out/targets"
+phase precision 60 "$py" benchmarks/run.py --cases="$targets" --seconds=3 \
+  --variants=matmul_precision=tensorfloat32,spectral_norm_estimates=per_phase,spectral_norm_estimates=per_phase+matmul_precision=tensorfloat32 \
+  --out_dir="$out/precision"
+phase cases 80 "$py" benchmarks/run.py --cases='MNIST-SVHN monolithic,M=2 monolithic,M=4' \
+  --seconds=3 --data_dir="$data" "${reference[@]}" --out_dir="$out/cases"
+phase batching 92 "$py" benchmarks/run.py --cases="$targets" --seconds=3 \
+  --variants=batch_discriminator_calls=false,power_iterations_up_front=false \
+  --out_dir="$out/batching"
+phase profile 100 "$py" benchmarks/profile_step.py --config=configs/mnist_svhn.py \
+  --trace_dir="$out/profile"
