@@ -101,6 +101,14 @@ def two_processes(tmp_path_factory, cache):
   return workdir, _train(workdir, 4, processes=2, devices=4, cache=cache, last_slower_s=35)
 
 
+def test_the_module_runs_on_one_worker(request):
+  """Under `pytest -n 2 --dist loadgroup` (the README's command) the module's group holds: else
+  each worker would run the shared multi-process training again (pytest 9.2 broke this)."""
+  if not getattr(request.config.option, 'loadgroup', False):
+    pytest.skip('not run by pytest-xdist with --dist loadgroup')
+  assert request.node.nodeid.endswith('@multiprocess'), request.node.nodeid
+
+
 def test_two_processes_train_as_one_process(tmp_path, two_processes, eight_devices):
   workdir, two = two_processes
   one = _train_here(str(tmp_path / 'one'), 4, num_devices=1)
