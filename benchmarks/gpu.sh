@@ -16,22 +16,25 @@
 #   cases     [80%]  the other four cases: step, training loop, reference
 #   batching  [92%]  what the exact batching bought: each of its two settings off
 #   profile  [100%]  benchmarks/profile_step.py on MNIST-SVHN
-# Each phase writes OUT_DIR/<phase>/ and OUT_DIR/<phase>.log.
+# Each phase writes OUT_DIR/<phase>/ and OUT_DIR/<phase>.log. The script ends within SECONDS.
 set -uo pipefail
 if (( $# < 3 )); then
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
-out=$1 data=$2 reference=$3 reference_python=${4:-python3} budget=${5:-1800}
+mkdir -p "$1"
+out=$(realpath "$1") data=$(realpath "$2") reference=$(realpath "$3")
+reference_python=${4:-python3} budget=${5:-1800}
 cd "$(dirname "$0")/.."
-mkdir -p "$out"
 start=$SECONDS
 py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1  # a phase stopped by a signal keeps its log's last lines
 
 phase() {  # phase NAME SHARE_PERCENT COMMAND...
   local name=$1 share=$2
   shift 2
-  local cap=$(( start + budget * share / 100 - SECONDS ))
+  # What its deadline leaves, less the 20 s a stopped phase may take to end and the 5 s after it.
+  local cap=$(( start + budget * share / 100 - SECONDS - 25 ))
   if (( cap < 30 )); then
     echo "== $name: skipped, ${cap}s of its time left" | tee "$out/$name.log"
     return
@@ -39,10 +42,10 @@ phase() {  # phase NAME SHARE_PERCENT COMMAND...
   echo "== $name: up to ${cap}s: $*" | tee "$out/$name.log"
   timeout --signal=INT --kill-after=20 "$cap" "$@" 2>&1 | tee -a "$out/$name.log"
   echo "== $name: exit ${PIPESTATUS[0]} after $(( SECONDS - start ))s in all" | tee -a "$out/$name.log"
-  # A stopped run.py leaves its training loop or reference process running: they would share
-  # the GPU with the next phase's timings.
-  pkill -INT -f 'mmali_jax.main|reference_step.py' && sleep 5
-  pkill -KILL -f 'mmali_jax.main|reference_step.py'
+  # timeout signals the phase's whole process group, its training loop and reference included;
+  # should one outlive that, it must not share the GPU with the next phase's timings.
+  local children='mmali_jax[.]main --config=|benchmarks/reference_step[.]py --reference_dir='
+  pkill -KILL -f "$children" && sleep 5
   true
 }
 

@@ -22,9 +22,9 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
   alternating rounds, with how much each changes the losses of the first call.
 
 Writes <out_dir>/<device>.json and <device>.md (a table) and prints the table; a subset of the
-cases (--cases) goes to <device>-subset.{json,md} instead. Until every selected case is measured,
-the cases measured so far are in <name>-incomplete.{json,md}, so that a run stopped part-way keeps
-them without replacing an earlier complete table.
+cases (--cases) goes to <device>-subset.{json,md} instead. Until every selected case is measured
+in full, the measurements so far (written after each) are in <name>-incomplete.{json,md}, so that
+a run stopped part-way keeps them, says what is missing and replaces no earlier complete table.
 """
 import copy
 import json
@@ -396,49 +396,73 @@ def main(argv):
     config = _load_config(config_file, arg)
     record = dict(case=case, config=f'configs/{config_file}.py:{arg}',
                   batch_size=config.batch_size, devices=jax.device_count())
+
+    def save(measuring):
+      """Writes the results so far, this case's measurements included, so that a run stopped
+      part-way (a time-limited lease, a crash in a later case) keeps what it measured."""
+      _derive(record, peak)
+      return write_results(FLAGS.out_dir, stem, summary, results + [record], len(selected),
+                           measuring)
+
     record.update(benchmark_step(config, FLAGS.seconds))
     device_peak = _device_peak_memory()  # before the variants' programs add theirs
     if device_peak is not None:
       record['device_peak_memory_mb'] = round(device_peak / 2 ** 20)
+    later = (['variants'] * bool(FLAGS.variants) + ['training loop'] * bool(FLAGS.data_dir) +
+             ['reference'] * bool(FLAGS.reference_dir))
+    save(later)
     if FLAGS.variants:
       record['variants'] = benchmark_variants(config, FLAGS.variants, FLAGS.seconds)
+      save(later[1:])
     if FLAGS.data_dir:
       steps = FLAGS.loop_steps or max(50, int(3 * FLAGS.seconds * record['step_iterations_per_s']))
       record.update(benchmark_loop(config_file, arg, steps, FLAGS.data_dir))
+      save(later[1 + bool(FLAGS.variants):])
     if FLAGS.reference_dir:
       record.update(benchmark_reference(config_file, config, FLAGS.reference_dir,
                                         FLAGS.reference_python, FLAGS.seconds))
-      if 'reference_iterations_per_s' in record:
-        ours = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
-        record['speedup_vs_reference'] = round(ours / record['reference_iterations_per_s'], 2)
-    rate = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
-    record.update(
-        gflop_per_iteration=round(record['flops_per_iteration'] / 1e9, 2),
-        achieved_gflop_per_s=round(record.pop('achieved_flops_per_s') / 1e9, 1),
-        percent_of_matmul_peak=round(100 * record['flops_per_iteration'] *
-                                     record['step_iterations_per_s'] / peak, 1),
-        hours_for_250k_steps=round(250_000 / rate / 3600, 2))
+    text = save([])
     results.append(record)
     print(json.dumps(record), flush=True)
-    # After every case, so that a run stopped part-way (a time-limited lease, a crash in a
-    # later case) keeps the cases it measured, beside any complete table it does not replace.
-    text = write_results(FLAGS.out_dir, stem, summary, results, len(selected))
   print(text)
 
 
-def write_results(out_dir, stem, summary, results, num_cases):
-  """Writes the cases measured so far to <stem>-incomplete.{json,md}, and once all are measured
-  to <stem>.{json,md}, removing the incomplete ones; -> the markdown."""
+def _derive(record, peak):
+  """The columns computed from a case's measurements so far."""
+  rate = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
+  if 'reference_iterations_per_s' in record:
+    record['speedup_vs_reference'] = round(rate / record['reference_iterations_per_s'], 2)
+  flops = record['flops_per_iteration']
+  if 'achieved_flops_per_s' in record:
+    record['achieved_gflop_per_s'] = round(record.pop('achieved_flops_per_s') / 1e9, 1)
+  record.update(
+      gflop_per_iteration=round(flops / 1e9, 2),
+      percent_of_matmul_peak=round(100 * flops * record['step_iterations_per_s'] / peak, 1),
+      hours_for_250k_steps=round(250_000 / rate / 3600, 2))
+
+
+def _write_atomically(path, text):
+  """A run stopped while writing leaves the previous file, never a truncated one."""
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
+  """Writes the results so far to <stem>-incomplete.{json,md} while cases or measurements of the
+  last case (`measuring`: what is still to come) are missing, and once all are measured to
+  <stem>.{json,md}, removing the incomplete ones; -> the markdown."""
   summary = dict(summary, results=results)
   partial = os.path.join(out_dir, f'{stem}-incomplete')
-  if len(results) < num_cases:
-    summary['incomplete'] = f'{len(results)} of {num_cases} cases measured'
+  done = len(results) - bool(measuring)
+  if done < num_cases:
+    summary['incomplete'] = f'{done} of {num_cases} cases measured' + (
+        f'; {results[-1]["case"]} still without its {", ".join(measuring)}' if measuring else '')
     path = partial
   else:
     path = os.path.join(out_dir, stem)
   os.makedirs(out_dir, exist_ok=True)
-  with open(path + '.json', 'w') as f:
-    json.dump(summary, f, indent=2)
+  _write_atomically(path + '.json', json.dumps(summary, indent=2))
   text = (f'# Benchmarks on {summary["device"]}\n\n`{summary["command"]}` ({summary["date"]}, '
           f'jax {summary["jax"]}; float32 matmul peak measured in the same run: '
           f'{summary["matmul_peak_gflop_per_s"]} GFLOP/s). Step it/s: the jitted training step '
@@ -462,8 +486,7 @@ def write_results(out_dir, stem, summary, results, num_cases):
              if 'reference_error' in r]
   if failed:
     text += '\n' + '\n'.join(failed) + '\n'
-  with open(path + '.md', 'w') as f:
-    f.write(text)
+  _write_atomically(path + '.md', text)
   if path != partial:
     for ext in ('.json', '.md'):
       if os.path.exists(partial + ext):

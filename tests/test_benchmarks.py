@@ -195,6 +195,13 @@ def test_a_stopped_run_keeps_its_cases_beside_the_complete_table(tmp_path):
   assert (tmp_path / 'gpu-1x-H200.md').read_text() == 'an earlier complete table'
   text = (tmp_path / 'gpu-1x-H200-incomplete.md').read_text()
   assert '**Incomplete: 1 of 2 cases measured' in text and '| MultiMNIST M=2 factorized |' in text
+  # The last case's step measured, its training loop and reference to come.
+  run.write_results(str(tmp_path), 'gpu-1x-H200', summary, [case, dict(case, case='M=4')], 2,
+                    ['training loop', 'reference'])
+  assert (tmp_path / 'gpu-1x-H200.md').read_text() == 'an earlier complete table'
+  text = (tmp_path / 'gpu-1x-H200-incomplete.md').read_text()
+  assert ('**Incomplete: 1 of 2 cases measured; M=4 still without its training loop, reference'
+          in text) and '| M=4 |' in text
   run.write_results(str(tmp_path), 'gpu-1x-H200', summary, [case, dict(case, case='M=4')], 2)
   assert sorted(os.listdir(tmp_path)) == ['gpu-1x-H200.json', 'gpu-1x-H200.md']
   text = (tmp_path / 'gpu-1x-H200.md').read_text()
