@@ -206,7 +206,7 @@ def benchmark_step(config, seconds):
   return dict(compile_s=round(compile_s, 2), steps_per_dispatch=k,
               step_memory_mb=round(program_memory / 2 ** 20),
               step_iterations_per_s=round(1 / step_s, 2), step_ms=round(1000 * step_s, 2),
-              flops_per_iteration=flops, achieved_flops_per_s=flops / step_s,
+              flops_per_iteration=flops, achieved_gflop_per_s=round(flops / step_s / 1e9, 1),
               pipeline_batches_per_s=round(1 / pipeline_s, 1))
 
 
@@ -408,16 +408,18 @@ def main(argv):
     device_peak = _device_peak_memory()  # before the variants' programs add theirs
     if device_peak is not None:
       record['device_peak_memory_mb'] = round(device_peak / 2 ** 20)
-    later = (['variants'] * bool(FLAGS.variants) + ['training loop'] * bool(FLAGS.data_dir) +
-             ['reference'] * bool(FLAGS.reference_dir))
-    save(later)
+    to_come = (['variants'] * bool(FLAGS.variants) + ['training loop'] * bool(FLAGS.data_dir) +
+               ['reference'] * bool(FLAGS.reference_dir))
+    save(to_come)
     if FLAGS.variants:
       record['variants'] = benchmark_variants(config, FLAGS.variants, FLAGS.seconds)
-      save(later[1:])
+      to_come.remove('variants')
+      save(to_come)
     if FLAGS.data_dir:
       steps = FLAGS.loop_steps or max(50, int(3 * FLAGS.seconds * record['step_iterations_per_s']))
       record.update(benchmark_loop(config_file, arg, steps, FLAGS.data_dir))
-      save(later[1 + bool(FLAGS.variants):])
+      to_come.remove('training loop')
+      save(to_come)
     if FLAGS.reference_dir:
       record.update(benchmark_reference(config_file, config, FLAGS.reference_dir,
                                         FLAGS.reference_python, FLAGS.seconds))
@@ -433,8 +435,6 @@ def _derive(record, peak):
   if 'reference_iterations_per_s' in record:
     record['speedup_vs_reference'] = round(rate / record['reference_iterations_per_s'], 2)
   flops = record['flops_per_iteration']
-  if 'achieved_flops_per_s' in record:
-    record['achieved_gflop_per_s'] = round(record.pop('achieved_flops_per_s') / 1e9, 1)
   record.update(
       gflop_per_iteration=round(flops / 1e9, 2),
       percent_of_matmul_peak=round(100 * flops * record['step_iterations_per_s'] / peak, 1),
