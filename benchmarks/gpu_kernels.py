@@ -7,20 +7,19 @@
 XLA compiles each benchmark case's training steps (`steps_per_dispatch` iterations in one call, as
 training runs on accelerators, the state donated) for the described GPU through JAX's deviceless
 compilation, and this script counts, in the loop body that is one iteration, the operations that
-become kernels: fusions (XLA's own kernels and its Triton matmuls), library calls (cuBLAS,
-cuDNN), copies and collectives, by network and direction (from each kernel's own source
-location, named as benchmarks/profile_step.py names them; a kernel XLA made without one counts as
-"other", where profile_step gives it its operands'); the longest chain of those kernels each
-waiting for the one before; and the loops nested in an iteration whose trip count depends on
-data (each trip waits for the device unless the loop runs inside a CUDA graph). What a call runs once, outside its iterations
-(drawing the batches of all of them, averaging their metrics), is counted apart: the
-instructions of the call's own computation, not those it reaches through calls or asynchronous
-operations. XLA runs the loop body as one command buffer (a CUDA graph) in which a kernel waits
-only for the kernels it depends on, so at the paper's batch of 64, where most kernels are tiny,
-an iteration takes somewhere between the chain's length and the number of kernels times a
-kernel's latency, a few microseconds, rather than its FLOPs' time: the two counts are what a GPU
-iteration's time can be judged by before a GPU is at hand. XLA cannot autotune without a
-device; the counts do not depend on it.
+become kernels: fusions (XLA's own kernels and its Triton matmuls), library calls (cuBLAS, cuDNN),
+copies and collectives, by network and direction (from each kernel's own source location, named as
+benchmarks/profile_step.py names them; a kernel XLA made without one counts as "other", where
+profile_step gives it its operands'); the longest chain of those kernels each waiting for the one
+before; and the loops nested in an iteration whose trip count depends on data (each trip waits for
+the device unless the loop runs inside a CUDA graph). What a call runs once, outside its iterations
+(drawing the batches of all of them, averaging their metrics), is counted apart: the instructions of
+the call's own computation, not those it reaches through calls or asynchronous operations. XLA runs
+the loop body as one command buffer (a CUDA graph) in which a kernel waits only for the kernels it
+depends on, so at the paper's batch of 64, where most kernels are tiny, an iteration takes somewhere
+between the chain's length and the number of kernels times a kernel's latency, a few microseconds,
+rather than its FLOPs' time: the two counts are what a GPU iteration's time can be judged by before
+a GPU is at hand. XLA cannot autotune without a device; the counts do not depend on it.
 
 Writes <out_dir>/gpu-kernels-<gpu>.json and .md and prints the table.
 """

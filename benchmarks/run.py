@@ -56,6 +56,7 @@ from mmali_jax import curves
 from mmali_jax import networks
 from mmali_jax import train
 from mmali_jax import train_step
+from mmali_jax import writers
 from mmali_jax.data import sampler
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -441,13 +442,6 @@ def _derive(record, peak):
       hours_for_250k_steps=round(250_000 / rate / 3600, 2))
 
 
-def _write_atomically(path, text):
-  """A run stopped while writing leaves the previous file, never a truncated one."""
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
-
-
 def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
   """Writes the results so far to <stem>-incomplete.{json,md} while cases or measurements of the
   last case (`measuring`: what is still to come) are missing, and once all are measured to
@@ -462,7 +456,7 @@ def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
   else:
     path = os.path.join(out_dir, stem)
   os.makedirs(out_dir, exist_ok=True)
-  _write_atomically(path + '.json', json.dumps(summary, indent=2))
+  writers.write_atomically(path + '.json', json.dumps(summary, indent=2))
   text = (f'# Benchmarks on {summary["device"]}\n\n`{summary["command"]}` ({summary["date"]}, '
           f'jax {summary["jax"]}; float32 matmul peak measured in the same run: '
           f'{summary["matmul_peak_gflop_per_s"]} GFLOP/s). Step it/s: the jitted training step '
@@ -486,7 +480,7 @@ def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
              if 'reference_error' in r]
   if failed:
     text += '\n' + '\n'.join(failed) + '\n'
-  _write_atomically(path + '.md', text)
+  writers.write_atomically(path + '.md', text)
   if path != partial:
     for ext in ('.json', '.md'):
       if os.path.exists(partial + ext):

@@ -171,9 +171,7 @@ def _check_workdir_config(config, workdir, write=True):
           f'{workdir} holds a run with a different config ({details}). Its checkpoints were '
           'left untouched; use a new --workdir, or the original config to resume.')
   if write:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(current, f, indent=2)
-    os.replace(path + '.tmp', path)
+    writers.write_atomically(path, json.dumps(current, indent=2))
 
 
 def _checked_average(pending, workdir, saved_step):

@@ -8,6 +8,7 @@ which writes the scalars and images to TensorBoard event files with TensorBoard'
 writer (the one PyTorch uses), so loss curves, TensorBoard and clu's progress report work as usual.
 """
 import io
+import os
 import sys
 import time
 import types
@@ -19,6 +20,14 @@ from PIL import Image
 from mmali_jax.data import sources
 
 _SUMMARY_WRITER = 'clu.metric_writers.summary_writer'
+
+
+def write_atomically(path, text):
+  """Writes `text` to `path` through a temporary file beside it: a run stopped while writing
+  leaves the previous file, never a truncated one."""
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
 
 
 class EventFileWriter:
