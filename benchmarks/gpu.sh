@@ -10,16 +10,23 @@
 # REFERENCE_DIR: a checkout of the authors' code (6b5d/mmali); REFERENCE_PYTHON has torch.
 # SECONDS: what the whole script may take (default 1800).
 #
-# Phases, each ending by the cumulative share of SECONDS in brackets:
-#   targets   [40%]  MNIST-SVHN and MultiMNIST M=2 factorized: step, training loop, reference
-#   precision [60%]  their step in TF32 and with per-phase spectral-norm estimates (opt-in modes)
-#   cases     [80%]  the other four cases: step, training loop, reference
-#   batching  [92%]  what the exact batching bought: each of its two settings off
-#   profile  [100%]  benchmarks/profile_step.py on MNIST-SVHN
+# Phases, each ending by the cumulative share of SECONDS in brackets (one that ends early leaves
+# its time to the next):
+#   m2        [30%]  MultiMNIST M=2 factorized: step, training loop, reference (the cheapest
+#                    target to compile comes first)
+#   svhn      [55%]  MNIST-SVHN factorized: the same
+#   precision [68%]  both targets' step in TF32 and with per-phase spectral-norm estimates
+#                    (opt-in modes)
+#   cases     [84%]  the other four cases: step, training loop, reference
+#   batching  [93%]  what the exact batching bought: each of its two settings off
+#   profile  [100%]  benchmarks/profile_step.py on MNIST-SVHN, two calls of the step
 # Each phase writes OUT_DIR/<phase>/ and OUT_DIR/<phase>.log. The script ends within SECONDS.
+# Compiled programs go to JAX's persistent cache (JAX_COMPILATION_CACHE_DIR, by default the
+# training command's ~/.cache/mmali_jax/xla), so a program one phase compiled, the next loads:
+# a case's "compile s" is then the load's time.
 set -uo pipefail
 if (( $# < 3 )); then
-  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
 mkdir -p "$1"
@@ -29,6 +36,7 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1  # a phase stopped by a signal keeps its log's last lines
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/mmali_jax/xla}
 
 phase() {  # phase NAME SHARE_PERCENT COMMAND...
   local name=$1 share=$2
@@ -53,15 +61,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
   > "$out/gpu.csv" 2>&1
 reference=(--reference_dir="$reference" --reference_python="$reference_python")
 targets='MNIST-SVHN factorized,M=2 factorized'
-phase targets 40 "$py" benchmarks/run.py --cases="$targets" --seconds=5 --data_dir="$data" \
-  "${reference[@]}" --out_dir="$out/targets"
-phase precision 60 "$py" benchmarks/run.py --cases="$targets" --seconds=3 \
+phase m2 30 "$py" benchmarks/run.py --cases='M=2 factorized' --seconds=5 --data_dir="$data" \
+  "${reference[@]}" --out_dir="$out/m2"
+phase svhn 55 "$py" benchmarks/run.py --cases='MNIST-SVHN factorized' --seconds=5 \
+  --data_dir="$data" "${reference[@]}" --out_dir="$out/svhn"
+phase precision 68 "$py" benchmarks/run.py --cases="$targets" --seconds=3 \
   --variants=matmul_precision=tensorfloat32,spectral_norm_estimates=per_phase,spectral_norm_estimates=per_phase+matmul_precision=tensorfloat32 \
   --out_dir="$out/precision"
-phase cases 80 "$py" benchmarks/run.py --cases='MNIST-SVHN monolithic,M=2 monolithic,M=4' \
+phase cases 84 "$py" benchmarks/run.py --cases='MNIST-SVHN monolithic,M=2 monolithic,M=4' \
   --seconds=3 --data_dir="$data" "${reference[@]}" --out_dir="$out/cases"
-phase batching 92 "$py" benchmarks/run.py --cases="$targets" --seconds=3 \
+phase batching 93 "$py" benchmarks/run.py --cases="$targets" --seconds=3 \
   --variants=batch_discriminator_calls=false,power_iterations_up_front=false \
   --out_dir="$out/batching"
-phase profile 100 "$py" benchmarks/profile_step.py --config=configs/mnist_svhn.py \
+phase profile 100 "$py" benchmarks/profile_step.py --config=configs/mnist_svhn.py --steps=2 \
   --trace_dir="$out/profile"

@@ -4,7 +4,8 @@
   python benchmarks/profile_step.py --config=configs/multimnist.py:modalities=2 --config.batch_size=128
 
 Runs the step of the config on device-resident random data (as benchmarks/run.py does), traces
-`--steps` iterations with jax.profiler, and prints per iteration:
+`--steps` calls of it (each of the config's `steps_per_dispatch` iterations, as training runs
+them) with jax.profiler, and prints per iteration:
 - the wall time, untraced and traced;
 - the time of the step's XLA operations by kind (matmuls and convolutions, copies and transposes,
   everything else), by network and direction (forward or backward, from each operation's
@@ -43,7 +44,8 @@ from mmali_jax import train_step
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
-flags.DEFINE_integer('steps', 5, 'Traced iterations.')
+flags.DEFINE_integer('steps', 5, 'Traced calls of the step, each of `steps_per_dispatch` '
+                     'iterations as training runs them (1 on CPU, 100 on accelerators).')
 flags.DEFINE_integer('top', 20, 'Most expensive operations listed.')
 flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new temporary folder).')
 FLAGS = flags.FLAGS
@@ -158,14 +160,19 @@ def _events(trace_dir):
       # the program (where a program has little to run side by side, most of them).
       cpu = plane.name == '/host:CPU' and line.name.startswith(('tf_XLAEigen',
                                                                 'tf_XLAPjRtCpuClient'))
-      gpu = plane.name.startswith('/device:') and line.name == 'XLA Ops'
-      if not (cpu or gpu):
+      # A TPU's trace has XLA's operations on a line of their own; a GPU's has its kernels on
+      # one line per CUDA stream, each naming the XLA operation it runs in an 'hlo_op' stat
+      # (a library call's kernels have the library's names otherwise).
+      device = plane.name.startswith('/device:') and (
+          line.name == 'XLA Ops' or line.name.startswith('Stream'))
+      if not (cpu or device):
         continue
       for ev in line.events:
-        if not ev.name.startswith(_SKIPPED_EVENTS):
+        name = dict(ev.stats).get('hlo_op', ev.name) if device else ev.name
+        if not name.startswith(_SKIPPED_EVENTS):
           start = round(ev.start_ns * 1000)
           events.append((f'{plane.name}/{k}', start, start + round(ev.duration_ns * 1000),
-                         ev.name))
+                         name))
   return events
 
 
@@ -191,9 +198,11 @@ def main(argv):
   state = jax.device_put(train_step.create_train_state(config, gen, disc, mods),
                          shardings.replicated)
   data = jax.device_put(benchmarks._random_data(config, mods), shardings.replicated)  # pylint: disable=protected-access
-  compiled = fn.lower(state, data, 1).compile()
+  k = train.steps_per_dispatch(config)
+  compiled = fn.lower(state, data, k).compile()
   instructions = _instructions(compiled.as_text())
-  flops = compiled.cost_analysis().get('flops', float('nan'))
+  single = compiled if k == 1 else fn.lower(state, data, 1).compile()
+  flops = single.cost_analysis().get('flops', float('nan'))  # of one iteration
 
   def run(n):
     nonlocal state
@@ -201,7 +210,7 @@ def main(argv):
     for _ in range(n):
       state, metrics = compiled(state, data)
       jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / n
+    return (time.perf_counter() - start) / n / k  # per iteration
 
   run(3)
   wall = run(max(FLAGS.steps, 10))
@@ -209,9 +218,14 @@ def main(argv):
   with jax.profiler.trace(trace_dir):
     traced = run(FLAGS.steps)
   events = _events(trace_dir)
+  if not events:
+    # Nothing to sum: say so, keeping the trace for a tool that reads this backend's.
+    sys.exit(f'{benchmarks.device_name()}: {1000 * wall:.1f} ms per iteration ({1000 * traced:.1f} '
+             f'traced); no XLA operations found in the trace. Open it with TensorBoard\'s '
+             f'profile plugin or xprof: {trace_dir}')
   per_op = collections.Counter()
   for _, start, end, name in events:
-    per_op[name] += (end - start) / 1e9 / FLAGS.steps  # ms per iteration
+    per_op[name] += (end - start) / 1e9 / (FLAGS.steps * k)  # ms per iteration
   by_kind, by_where = collections.Counter(), collections.Counter()
   for name, ms in per_op.items():
     shape, opcode, op_name, matmul = instructions.get(name, ('?', '?', '', False))

@@ -90,7 +90,9 @@ def main():
   parser.add_argument('--batch_size', type=int, default=64)
   parser.add_argument('--latent_dim', type=int, default=20)
   parser.add_argument('--style_dim', type=int, default=10)
-  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--steps', type=int, default=20, help='Fewest timed iterations.')
+  parser.add_argument('--seconds', type=float, default=0.0,
+                      help='Fewest seconds of timed iterations (whichever ends later).')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--device', default=None,
                       help='cpu or cuda (default: cuda where PyTorch sees a GPU, else cpu).')
@@ -102,27 +104,33 @@ def main():
   import utils  # pylint: disable=g-import-not-at-top,import-outside-toplevel
 
   device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-  # The reference creates its tensors on the inputs' device, so a default device moves all of it.
-  torch.set_default_device(device)
+  # As the training scripts: built and initialised on the CPU, copied, then moved to the device,
+  # so the optimizers' step counters stay on the CPU. A default device instead
+  # (`torch.set_default_device`) would put them on the GPU, where Adam reads each back every step,
+  # and would add a Python hop to every torch call, on the CPU too.
   torch.manual_seed(0)
   model, keys, shapes = _build(args, torch, nn)
   utils.init_param_normal(model)
   model_ema = copy.deepcopy(model)
+  model.to(device)
+  model_ema.to(device)
   optimizer_g = torch.optim.Adam(model.generators.parameters(), lr=2e-4, betas=(0.5, 0.999))
   optimizer_d = torch.optim.Adam(model.discriminators.parameters(), lr=2e-4, betas=(0.5, 0.999))
   b, d, ds = args.batch_size, args.latent_dim, args.style_dim
+  # Drawn on the CPU and moved, as the scripts move each loader batch and each latent draw.
   batch = lambda: {k: torch.rand((b,) + shapes[k]) for k in keys}
+  randn = lambda *shape: torch.randn(*shape).to(device)
 
   def iteration():
     # As the training scripts' loop: D step on two batches, G step on two batches, EMA.
     losses = {}
     x = batch()
-    losses.update(model({k: {'x': x[k], 'z': torch.randn(b, d)} for k in keys},
+    losses.update(model({k: {'x': x[k].to(device), 'z': randn(b, d)} for k in keys},
                         train_d=True, joint=False))
     x = batch()
-    s, c = {k: torch.randn(b, ds) for k in keys}, torch.randn(b, d - ds)
-    losses.update(model({k: {'x': x[k], 'z': torch.cat([s[k], c], dim=1),
-                             'extra_x': utils.permute_dim(x[k], dim=0)} for k in keys},
+    s, c = {k: randn(b, ds) for k in keys}, randn(b, d - ds)
+    losses.update(model({k: {'x': x[k].to(device), 'z': torch.cat([s[k], c], dim=1),
+                             'extra_x': utils.permute_dim(x[k], dim=0).to(device)} for k in keys},
                         train_d=True, joint=True))
     d_loss = sum(losses.values())
     optimizer_d.zero_grad(set_to_none=True)
@@ -130,12 +138,12 @@ def main():
     optimizer_d.step()
     losses = {}
     x = batch()
-    losses.update(model({k: {'x': x[k], 'z': torch.randn(b, d)} for k in keys},
+    losses.update(model({k: {'x': x[k].to(device), 'z': randn(b, d)} for k in keys},
                         train_d=False, joint=False))
     x = batch()
-    s, c = {k: torch.randn(b, ds) for k in keys}, torch.randn(b, d - ds)
-    losses.update(model({k: {'x': x[k], 'z': torch.cat([s[k], c], dim=1)} for k in keys},
-                        train_d=False, joint=True))
+    s, c = {k: randn(b, ds) for k in keys}, randn(b, d - ds)
+    losses.update(model({k: {'x': x[k].to(device), 'z': torch.cat([s[k], c], dim=1)}
+                         for k in keys}, train_d=False, joint=True))
     g_loss = sum(losses.values())
     optimizer_g.zero_grad(set_to_none=True)
     g_loss.backward()
@@ -146,16 +154,17 @@ def main():
   model.train()
   for _ in range(args.warmup):
     iteration()
-  start = time.perf_counter()
-  for _ in range(args.steps):
+  start, steps = time.perf_counter(), 0
+  while steps < args.steps or time.perf_counter() - start < args.seconds:
     iteration()
-  seconds = (time.perf_counter() - start) / args.steps
+    steps += 1
+  seconds = (time.perf_counter() - start) / steps
   print(json.dumps(dict(
       implementation='reference (PyTorch)', experiment=args.experiment,
       modalities=len(keys), discriminator=args.discriminator, batch_size=b,
       ms_per_iteration=round(1000 * seconds, 2), iterations_per_s=round(1 / seconds, 2),
       torch=torch.__version__, device=device, threads=torch.get_num_threads(),
-      machine=platform.processor() or platform.machine(), timed_iterations=args.steps)))
+      machine=platform.processor() or platform.machine(), timed_iterations=steps)))
 
 
 if __name__ == '__main__':

@@ -12,7 +12,8 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
 - XLA's FLOP count of one iteration, the FLOP/s achieved, and its fraction of the device's
   float32 matmul rate, measured in the same run (large square matmuls);
 - peak memory: XLA's memory of the compiled step (arguments, outputs, temporaries), and the
-  device's peak bytes in use where the backend reports it (GPU, TPU);
+  device's peak bytes in use so far in the run, this case's step included, where the backend
+  reports it (GPU, TPU; the process's peak: the cases before count too);
 - with --data_dir: iterations/s of the real training loop, `python -m mmali_jax.main` with
   evaluation off, read from the steps/s it logs (median after the first logging interval);
 - with --reference_dir: the authors' PyTorch iteration on random tensors
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 from absl import app
 from absl import flags
@@ -285,10 +287,21 @@ def benchmark_variants(config, variants, seconds, rounds=5):
   return out
 
 
+def _error(e):
+  """An exception as one line of the results."""
+  return f'{type(e).__name__}: {e}'.splitlines()[0][:300]
+
+
 def _last_line(result):
   """The last line a failed command wrote to stderr (its error, as a rule)."""
   lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
   return (lines or ['exit status %d' % result.returncode])[-1][:300]
+
+
+def _loop_steps(iterations, k):
+  """About `iterations` (at least 50), a multiple of 10 k: the loop, logging every tenth of
+  them, then calls the step with k iterations every time, and compiles that program alone."""
+  return 10 * k * max(1, round(max(50, iterations) / (10 * k)))
 
 
 def benchmark_loop(config_file, arg, steps, data_dir):
@@ -324,7 +337,7 @@ def benchmark_reference(config_file, config, reference_dir, reference_python, se
          f'--modalities={len(config.modalities)}', f'--discriminator={kind}',
          f'--batch_size={config.batch_size}',
          f'--device={"cuda" if jax.devices()[0].platform == "gpu" else "cpu"}',
-         f'--steps={max(5, int(seconds / (0.5 if experiment == "mnist_svhn" else 0.1)))}']
+         '--steps=5', f'--seconds={seconds}']
   result = subprocess.run(cmd, check=False, capture_output=True, text=True)
   if result.returncode != 0:
     # Reported in the results, as a failed loop is: the measurements so far are kept.
@@ -342,7 +355,7 @@ def _table(results):
           ('speed-up vs reference', 'speedup_vs_reference'),
           ('GFLOP/it', 'gflop_per_iteration'), ('achieved GFLOP/s', 'achieved_gflop_per_s'),
           ('% of matmul peak', 'percent_of_matmul_peak'),
-          ('step memory MB', 'step_memory_mb'), ('device peak MB', 'device_peak_memory_mb'),
+          ('step memory MB', 'step_memory_mb'), ('device peak MB so far', 'device_peak_memory_mb'),
           ('pipeline batches/s', 'pipeline_batches_per_s'),
           ('250k steps take (h)', 'hours_for_250k_steps')]
   lines = ['| ' + ' | '.join(c for c, _ in cols) + ' |', '|' + '---|' * len(cols)]
@@ -405,7 +418,16 @@ def main(argv):
       return write_results(FLAGS.out_dir, stem, summary, results + [record], len(selected),
                            measuring)
 
-    record.update(benchmark_step(config, FLAGS.seconds))
+    try:
+      record.update(benchmark_step(config, FLAGS.seconds))
+    except Exception as e:  # pylint: disable=broad-except
+      # A compiler's or the device's error on this case (memory, say) is reported in the
+      # results, as a failed loop is, and the other cases go on.
+      traceback.print_exc()
+      record['step_error'] = _error(e)
+      text = save([])
+      results.append(record)
+      continue
     device_peak = _device_peak_memory()  # before the variants' programs add theirs
     if device_peak is not None:
       record['device_peak_memory_mb'] = round(device_peak / 2 ** 20)
@@ -413,11 +435,16 @@ def main(argv):
                ['reference'] * bool(FLAGS.reference_dir))
     save(to_come)
     if FLAGS.variants:
-      record['variants'] = benchmark_variants(config, FLAGS.variants, FLAGS.seconds)
+      try:
+        record['variants'] = benchmark_variants(config, FLAGS.variants, FLAGS.seconds)
+      except Exception as e:  # pylint: disable=broad-except
+        traceback.print_exc()
+        record['variants_error'] = _error(e)
       to_come.remove('variants')
       save(to_come)
     if FLAGS.data_dir:
-      steps = FLAGS.loop_steps or max(50, int(3 * FLAGS.seconds * record['step_iterations_per_s']))
+      steps = FLAGS.loop_steps or _loop_steps(3 * FLAGS.seconds * record['step_iterations_per_s'],
+                                              record['steps_per_dispatch'])
       record.update(benchmark_loop(config_file, arg, steps, FLAGS.data_dir))
       to_come.remove('training loop')
       save(to_come)
@@ -432,6 +459,8 @@ def main(argv):
 
 def _derive(record, peak):
   """The columns computed from a case's measurements so far."""
+  if 'step_iterations_per_s' not in record:
+    return  # its step failed
   rate = record.get('loop_iterations_per_s', record['step_iterations_per_s'])
   if 'reference_iterations_per_s' in record:
     record['speedup_vs_reference'] = round(rate / record['reference_iterations_per_s'], 2)
@@ -474,10 +503,10 @@ def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
              'for the G loss, in the first call from the same initial state and batches (0: the '
              'same numbers).\n\n'
              + variants_table(results) + '\n')
-  failed = [f'- {r["case"]}: the training loop failed: {r["loop_error"]}' for r in results
-            if 'loop_error' in r]
-  failed += [f'- {r["case"]}: the reference failed: {r["reference_error"]}' for r in results
-             if 'reference_error' in r]
+  failed = [f'- {r["case"]}: {what} failed: {r[key]}' for r in results
+            for what, key in (('the step', 'step_error'), ('the variants', 'variants_error'),
+                              ('the training loop', 'loop_error'),
+                              ('the reference', 'reference_error')) if key in r]
   if failed:
     text += '\n' + '\n'.join(failed) + '\n'
   writers.write_atomically(path + '.md', text)

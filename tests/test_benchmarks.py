@@ -173,6 +173,35 @@ def test_events_are_read_from_a_real_trace_of_this_backend(profile_step, tmp_pat
   assert sum('dot' in n or 'fusion' in n for n in names) >= 6, sorted(set(names))
 
 
+def test_a_gpu_trace_names_each_kernel_by_the_xla_operation_it_runs(profile_step, tmp_path):
+  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  # As a GPU's raw trace holds them: kernels on a line per CUDA stream, each with the operation
+  # it runs in an 'hlo_op' stat (a library's kernel may have none); other lines are not kernels.
+  xspace = """
+  planes {
+    id: 1 name: "/device:GPU:0"
+    lines { id: 1 name: "Stream #13(Compute)" timestamp_ns: 1000
+      events { metadata_id: 1 offset_ps: 0 duration_ps: 5000 stats { metadata_id: 1 str_value: "fusion.3" } }
+      events { metadata_id: 2 offset_ps: 6000 duration_ps: 2000 } }
+    lines { id: 2 name: "Stream #14(Compute)" timestamp_ns: 1000
+      events { metadata_id: 1 offset_ps: 1000 duration_ps: 1000 stats { metadata_id: 1 str_value: "fusion.4" } } }
+    lines { id: 3 name: "XLA Modules" timestamp_ns: 1000
+      events { metadata_id: 2 offset_ps: 0 duration_ps: 9000 } }
+    event_metadata { key: 1 value { id: 1 name: "loop_add_fusion" } }
+    event_metadata { key: 2 value { id: 2 name: "sm90_xmma_gemm" } }
+    stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }
+  }"""
+  os.makedirs(tmp_path / 'plugins' / 'profile' / 'run')
+  (tmp_path / 'plugins' / 'profile' / 'run' / 'gpu.xplane.pb').write_bytes(
+      ProfileData.text_proto_to_serialized_xspace(xspace))
+  events = profile_step._events(str(tmp_path))  # pylint: disable=protected-access
+  assert sorted((name, end - start) for _, start, end, name in events) == [
+      ('fusion.3', 5000), ('fusion.4', 1000), ('sm90_xmma_gemm', 2000)]
+  # Two streams ran kernels side by side for 1 of the 8 ns traced.
+  assert profile_step._busy_threads(events) == {  # pylint: disable=protected-access
+      '0': 0.125, '1': 0.75, '2 or more': 0.125}
+
+
 def test_cases_are_selected_by_name_and_a_subset_has_its_own_results():
   run = _benchmark('run')
   assert [c[0] for c in run.select_cases('M=2,MNIST-SVHN factorized')] == [
@@ -264,3 +293,50 @@ def test_a_failed_reference_is_reported_and_the_benchmark_goes_on(tmp_path):
                                    str(tmp_path), sys.executable, seconds=1)
   assert list(record) == ['reference_error']
   assert record['reference_error'].startswith('ModuleNotFoundError: No module named')
+
+
+def test_the_training_loop_is_timed_in_calls_of_one_size():
+  run = _benchmark('run')
+  from mmali_jax import train  # pylint: disable=g-import-not-at-top
+  for iterations, k in ((7845, 100), (3555, 100), (450, 100), (20, 1), (1234, 1)):
+    steps = run._loop_steps(iterations, k)  # pylint: disable=protected-access
+    # The nearest multiple of 10 k, at least one.
+    assert steps % (10 * k) == 0, (iterations, k)
+    assert abs(steps - max(50, iterations)) <= 5 * k or steps == 10 * k > iterations
+    # As benchmark_loop runs it: a log every tenth of the steps, a checkpoint at the end.
+    sizes = train.dispatch_sizes(0, steps, k, (steps // 10, steps, 0))
+    assert {n for _, n in sizes} == {k}, (iterations, k)
+
+
+def test_a_case_whose_step_fails_is_reported_and_the_next_is_measured(tmp_path, monkeypatch):
+  run = _benchmark('run')
+  measured = dict(compile_s=1.0, steps_per_dispatch=1, step_memory_mb=1, step_iterations_per_s=10.0,
+                  step_ms=100.0, flops_per_iteration=1e9, achieved_gflop_per_s=10.0,
+                  pipeline_batches_per_s=100.0)
+  calls = []
+
+  def benchmark_step(config, seconds):
+    del config, seconds
+    calls.append(1)
+    if len(calls) == 1:
+      raise RuntimeError('RESOURCE_EXHAUSTED: out of memory\nwhile compiling')
+    return dict(measured)
+
+  monkeypatch.setattr(run, 'benchmark_step', benchmark_step)
+  monkeypatch.setattr(run, 'matmul_rate', lambda seconds: 1e11)
+  monkeypatch.setattr(run, 'device_name', lambda: 'gpu-1x-H200')
+  flags_before = run.FLAGS.flag_values_dict()
+  run.FLAGS.unparse_flags()
+  run.FLAGS(['run.py', '--cases=M=2', f'--out_dir={tmp_path}', '--seconds=0.1'])
+  try:
+    run.main([])
+  finally:
+    run.FLAGS.unparse_flags()
+    for name in ('cases', 'out_dir', 'seconds'):
+      setattr(run.FLAGS, name, flags_before[name])
+  text = (tmp_path / 'gpu-1x-H200-subset.md').read_text()
+  assert ('- MultiMNIST M=2 factorized: the step failed: RuntimeError: RESOURCE_EXHAUSTED: out of '
+          'memory\n') in text
+  assert '| MultiMNIST M=2 factorized | – | – |' in text
+  assert '| MultiMNIST M=2 monolithic | 1.0 | 10.0 |' in text
+  assert 'Incomplete' not in text
