@@ -14,7 +14,10 @@ them) with jax.profiler, and prints per iteration:
 - XLA's FLOP count of the iteration and the rate it implies while matmuls run, per thread;
 - how busy the executing threads were (CPU: how long 0, 1 or 2+ of them ran operations).
 Times are summed over threads: on a 2-core CPU two operations run side by side, so the sums can
-exceed the wall time. Writes the trace (open it with TensorBoard's profile plugin or xprof) to
+exceed the wall time. On a GPU the threads are CUDA streams, and while it traces, XLA launches
+the kernels one by one instead of as the CUDA graph it runs untraced
+(`--xla_enable_command_buffers_during_profiling`, off by default): the traced time and the
+busy streams describe that run, the untraced time the graph's. Writes the trace (open it with TensorBoard's profile plugin or xprof) to
 --trace_dir and the summary to <trace_dir>/summary.json.
 """
 import collections
@@ -155,16 +158,18 @@ def _events(trace_dir):
              key=os.path.getmtime)  # this run's, where the folder holds earlier ones
   events = []
   for plane in jax.profiler.ProfileData.from_file(path).planes:
+    # A TPU's trace has XLA's operations on a line of their own; a GPU's has its kernels on one
+    # line per CUDA stream, each naming the XLA operation it runs in an 'hlo_op' stat (a library
+    # call's kernels have the library's names otherwise). A trace that has both (one xprof has
+    # processed) holds each kernel twice: its operations line is read.
+    names = [line.name for line in plane.lines]
+    device_lines = ('XLA Ops',) if 'XLA Ops' in names else ('Stream',)
     for k, line in enumerate(plane.lines):
       # XLA:CPU runs operations on its thread pool, and on the client's thread that starts
       # the program (where a program has little to run side by side, most of them).
       cpu = plane.name == '/host:CPU' and line.name.startswith(('tf_XLAEigen',
                                                                 'tf_XLAPjRtCpuClient'))
-      # A TPU's trace has XLA's operations on a line of their own; a GPU's has its kernels on
-      # one line per CUDA stream, each naming the XLA operation it runs in an 'hlo_op' stat
-      # (a library call's kernels have the library's names otherwise).
-      device = plane.name.startswith('/device:') and (
-          line.name == 'XLA Ops' or line.name.startswith('Stream'))
+      device = plane.name.startswith('/device:') and line.name.startswith(device_lines)
       if not (cpu or device):
         continue
       for ev in line.events:

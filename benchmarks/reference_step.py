@@ -13,6 +13,7 @@ run as this project's benchmarks. Prints one JSON line.
 """
 import argparse
 import copy
+import itertools
 import json
 import os
 import platform
@@ -117,8 +118,12 @@ def main():
   optimizer_g = torch.optim.Adam(model.generators.parameters(), lr=2e-4, betas=(0.5, 0.999))
   optimizer_d = torch.optim.Adam(model.discriminators.parameters(), lr=2e-4, betas=(0.5, 0.999))
   b, d, ds = args.batch_size, args.latent_dim, args.style_dim
-  # Drawn on the CPU and moved, as the scripts move each loader batch and each latent draw.
-  batch = lambda: {k: torch.rand((b,) + shapes[k]) for k in keys}
+  # The scripts' loaders draw batches in worker processes, into pinned memory, and the loop moves
+  # each to the device; it draws each latent on the CPU and moves it.
+  pool = [{k: torch.rand((b,) + shapes[k]) for k in keys} for _ in range(8)]
+  if device != 'cpu':
+    pool = [{k: x.pin_memory() for k, x in batch.items()} for batch in pool]
+  batch = itertools.cycle(pool).__next__
   randn = lambda *shape: torch.randn(*shape).to(device)
 
   def iteration():

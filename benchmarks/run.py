@@ -300,15 +300,21 @@ def _last_line(result):
 
 def _loop_steps(iterations, k):
   """About `iterations` (at least 50), a multiple of 10 k: the loop, logging every tenth of
-  them, then calls the step with k iterations every time, and compiles that program alone."""
-  return 10 * k * max(1, round(max(50, iterations) / (10 * k)))
+  them (`_log_every`), then calls the step with k iterations every time, and compiles that
+  program alone."""
+  return 10 * k * max(round(iterations / (10 * k)), -(-5 // k))
+
+
+def _log_every(steps):
+  """The training loop's logging interval when it is timed over `steps`: a tenth of them."""
+  return max(1, steps // 10)
 
 
 def benchmark_loop(config_file, arg, steps, data_dir):
   """Iterations/s of `python -m mmali_jax.main` (evaluation off), from the steps/s it logs."""
   workdir = tempfile.mkdtemp(prefix='mmali_bench_')
   try:
-    log_every = max(10, steps // 10)
+    log_every = _log_every(steps)
     cmd = [sys.executable, '-m', 'mmali_jax.main', f'--config=configs/{config_file}.py:{arg}',
            f'--workdir={workdir}', f'--config.data.tfds_data_dir={data_dir}',
            f'--config.num_train_steps={steps}', f'--config.log_every_steps={log_every}',

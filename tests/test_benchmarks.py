@@ -2,6 +2,7 @@
 kernels a GPU iteration launches, how variants of a config are read and compared, and what a
 failed training loop or reference does to a run."""
 import importlib
+import json
 import os
 import sys
 
@@ -298,14 +299,17 @@ def test_a_failed_reference_is_reported_and_the_benchmark_goes_on(tmp_path):
 def test_the_training_loop_is_timed_in_calls_of_one_size():
   run = _benchmark('run')
   from mmali_jax import train  # pylint: disable=g-import-not-at-top
-  for iterations, k in ((7845, 100), (3555, 100), (450, 100), (20, 1), (1234, 1)):
+  for iterations, k in ((7845, 100), (3555, 100), (450, 100), (20, 1), (1234, 1), (30, 4),
+                        (333, 7)):
     steps = run._loop_steps(iterations, k)  # pylint: disable=protected-access
-    # The nearest multiple of 10 k, at least one.
-    assert steps % (10 * k) == 0, (iterations, k)
-    assert abs(steps - max(50, iterations)) <= 5 * k or steps == 10 * k > iterations
+    # The nearest multiple of 10 k, and at least 50.
+    assert steps % (10 * k) == 0 and steps >= 50, (iterations, k, steps)
+    assert abs(steps - iterations) <= 5 * k or steps < 50 + 10 * k, (iterations, k, steps)
     # As benchmark_loop runs it: a log every tenth of the steps, a checkpoint at the end.
-    sizes = train.dispatch_sizes(0, steps, k, (steps // 10, steps, 0))
+    log_every = run._log_every(steps)  # pylint: disable=protected-access
+    sizes = train.dispatch_sizes(0, steps, k, (log_every, steps, 0))
     assert {n for _, n in sizes} == {k}, (iterations, k)
+    assert len(sizes) >= 10
 
 
 def test_a_case_whose_step_fails_is_reported_and_the_next_is_measured(tmp_path, monkeypatch):
@@ -337,6 +341,10 @@ def test_a_case_whose_step_fails_is_reported_and_the_next_is_measured(tmp_path, 
   text = (tmp_path / 'gpu-1x-H200-subset.md').read_text()
   assert ('- MultiMNIST M=2 factorized: the step failed: RuntimeError: RESOURCE_EXHAUSTED: out of '
           'memory\n') in text
+  assert text.count('| MultiMNIST M=2 factorized |') == 1
   assert '| MultiMNIST M=2 factorized | – | – |' in text
   assert '| MultiMNIST M=2 monolithic | 1.0 | 10.0 |' in text
   assert 'Incomplete' not in text
+  results = json.loads((tmp_path / 'gpu-1x-H200-subset.json').read_text())['results']
+  assert [('step_error' in r, r.get('step_iterations_per_s')) for r in results] == [
+      (True, None), (False, 10.0)]
