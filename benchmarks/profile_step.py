@@ -41,9 +41,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import run as benchmarks
-from mmali_jax import networks
-from mmali_jax import train
-from mmali_jax import train_step
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config.', lock_config=True)
@@ -196,26 +193,15 @@ def _busy_threads(events):
 
 def main(argv):
   del argv
-  config = FLAGS.config
-  mods, gen, disc = networks.build(config)
-  mesh = train.make_mesh(config)
-  fn, shardings = train.compile_train_steps(config, gen, disc, mods, mesh)
-  state = jax.device_put(train_step.create_train_state(config, gen, disc, mods),
-                         shardings.replicated)
-  data = jax.device_put(benchmarks._random_data(config, mods), shardings.replicated)  # pylint: disable=protected-access
-  k = train.steps_per_dispatch(config)
-  compiled = fn.lower(state, data, k).compile()
-  instructions = _instructions(compiled.as_text())
-  single = compiled if k == 1 else fn.lower(state, data, 1).compile()
-  flops = single.cost_analysis().get('flops', float('nan'))  # of one iteration
+  program = benchmarks._Program(FLAGS.config)  # pylint: disable=protected-access
+  instructions = _instructions(program.compiled.as_text())
+  flops = program.flops_per_iteration()
 
   def run(n):
-    nonlocal state
     start = time.perf_counter()
     for _ in range(n):
-      state, metrics = compiled(state, data)
-      jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / n / k  # per iteration
+      program()
+    return (time.perf_counter() - start) / n / program.k  # per iteration
 
   run(3)
   wall = run(max(FLAGS.steps, 10))
@@ -230,7 +216,7 @@ def main(argv):
              f'profile plugin or xprof: {trace_dir}')
   per_op = collections.Counter()
   for _, start, end, name in events:
-    per_op[name] += (end - start) / 1e9 / (FLAGS.steps * k)  # ms per iteration
+    per_op[name] += (end - start) / 1e9 / (FLAGS.steps * program.k)  # ms per iteration
   by_kind, by_where = collections.Counter(), collections.Counter()
   for name, ms in per_op.items():
     shape, opcode, op_name, matmul = instructions.get(name, ('?', '?', '', False))

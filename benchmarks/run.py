@@ -177,13 +177,17 @@ class _Program:
     self.state, metrics = self.compiled(self.state, self.data)
     return jax.block_until_ready(metrics)
 
+  def flops_per_iteration(self):
+    """XLA's FLOP count of one iteration, from the program compiled for one."""
+    single = self.compiled if self.k == 1 else self.fn.lower(self.state, self.data, 1).compile()
+    return single.cost_analysis().get('flops', float('nan'))
+
 
 def benchmark_step(config, seconds):
   """Compile time, step and input-pipeline rates, FLOPs of the jitted training step."""
   program = _Program(config)
   compiled, data, k = program.compiled, program.data, program.k
-  single = compiled if k == 1 else program.fn.lower(program.state, data, 1).compile()
-  flops = single.cost_analysis().get('flops', float('nan'))
+  flops = program.flops_per_iteration()
   program_memory = _program_memory(compiled)
   compile_s = program.compile_s
   step_s = _timed(program, seconds) / k
