@@ -17,8 +17,9 @@ Times are summed over threads: on a 2-core CPU two operations run side by side, 
 exceed the wall time. On a GPU the threads are CUDA streams, and while it traces, XLA launches
 the kernels one by one instead of as the CUDA graph it runs untraced
 (`--xla_enable_command_buffers_during_profiling`, off by default): the traced time and the
-busy streams describe that run, the untraced time the graph's. Writes the trace (open it with TensorBoard's profile plugin or xprof) to
---trace_dir and the summary to <trace_dir>/summary.json.
+busy streams describe that run, the untraced time the graph's. Writes the trace (open it with
+TensorBoard's profile plugin or xprof) to --trace_dir and the summary to
+<trace_dir>/summary.json.
 """
 import collections
 import glob

@@ -291,9 +291,16 @@ def benchmark_variants(config, variants, seconds, rounds=5):
   return out
 
 
-def _error(e):
-  """An exception as one line of the results."""
-  return f'{type(e).__name__}: {e}'.splitlines()[0][:300]
+def _recording_error(record, key, fn, *args):
+  """fn(*args), or None where it raised: a compiler's or the device's error on a case (memory,
+  say) goes to record[key] as one line of the results, as a failed loop's does, and the
+  other measurements and cases go on."""
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    record[key] = f'{type(e).__name__}: {e}'.splitlines()[0][:300]
+    return None
 
 
 def _last_line(result):
@@ -428,16 +435,12 @@ def main(argv):
       return write_results(FLAGS.out_dir, stem, summary, results + [record], len(selected),
                            measuring)
 
-    try:
-      record.update(benchmark_step(config, FLAGS.seconds))
-    except Exception as e:  # pylint: disable=broad-except
-      # A compiler's or the device's error on this case (memory, say) is reported in the
-      # results, as a failed loop is, and the other cases go on.
-      traceback.print_exc()
-      record['step_error'] = _error(e)
+    step = _recording_error(record, 'step_error', benchmark_step, config, FLAGS.seconds)
+    if step is None:
       text = save([])
       results.append(record)
       continue
+    record.update(step)
     device_peak = _device_peak_memory()  # before the variants' programs add theirs
     if device_peak is not None:
       record['device_peak_memory_mb'] = round(device_peak / 2 ** 20)
@@ -445,11 +448,10 @@ def main(argv):
                ['reference'] * bool(FLAGS.reference_dir))
     save(to_come)
     if FLAGS.variants:
-      try:
-        record['variants'] = benchmark_variants(config, FLAGS.variants, FLAGS.seconds)
-      except Exception as e:  # pylint: disable=broad-except
-        traceback.print_exc()
-        record['variants_error'] = _error(e)
+      variants = _recording_error(record, 'variants_error', benchmark_variants, config,
+                                  FLAGS.variants, FLAGS.seconds)
+      if variants is not None:
+        record['variants'] = variants
       to_come.remove('variants')
       save(to_come)
     if FLAGS.data_dir:
