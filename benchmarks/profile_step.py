@@ -12,7 +12,9 @@ them) with jax.profiler, and prints per iteration:
   source location; one XLA made without, a convolution's kernel gradient say, takes its nearest
   operands'), and the most expensive operations with their shapes;
 - XLA's FLOP count of the iteration and the rate it implies while matmuls run, per thread;
-- how busy the executing threads were (CPU: how long 0, 1 or 2+ of them ran operations).
+- how busy the executing threads were (CPU: how long 0, 1 or 2+ of them ran operations), and
+  by network, the time during which one thread alone ran operations: the step's serial part,
+  which more threads cannot shorten.
 Times are summed over threads: on a 2-core CPU two operations run side by side, so the sums can
 exceed the wall time. On a GPU the threads are CUDA streams, and while it traces, XLA launches
 the kernels one by one instead of as the CUDA graph it runs untraced
@@ -179,17 +181,42 @@ def _events(trace_dir):
   return events
 
 
+def _sweep(events):
+  """(duration, {thread: events running on it, innermost last}) for each span between two of
+  the events' starts or ends."""
+  points = sorted([(s, 1, i) for i, (_, s, _, _) in enumerate(events)] +
+                  [(e, -1, i) for i, (_, _, e, _) in enumerate(events)])
+  running, last = collections.defaultdict(list), points[0][0]
+  for t, delta, i in points:
+    yield t - last, {thread: evs for thread, evs in running.items() if evs}
+    thread = events[i][0]
+    if delta > 0:
+      running[thread].append(i)  # events may nest
+      running[thread].sort(key=lambda j: events[j][1])
+    else:
+      running[thread].remove(i)
+    last = t
+
+
 def _busy_threads(events):
   """Shares of the traced span during which 0, 1, or 2 or more threads ran an operation."""
-  points = sorted([(s, 1, t) for t, s, _, _ in events] + [(e, -1, t) for t, _, e, _ in events])
-  running, share, last = collections.Counter(), collections.Counter(), points[0][0]
-  for t, delta, thread in points:
-    share[min(2, sum(1 for v in running.values() if v > 0))] += t - last
-    running[thread] += delta  # a counter per thread: events may nest
-    last = t
+  share = collections.Counter()
+  for span, running in _sweep(events):
+    share[min(2, len(running))] += span
   total = sum(share.values())
   return {('2 or more' if k == 2 else str(k)): round(v / total, 3)
           for k, v in sorted(share.items())}
+
+
+def _alone(events):
+  """Picoseconds during which each operation ran while no other thread ran one: the serial
+  part of the step, which more threads cannot shorten (a nested operation counts, not its
+  parent)."""
+  alone = collections.Counter()
+  for span, running in _sweep(events):
+    if len(running) == 1:
+      alone[events[next(iter(running.values()))[-1]][3]] += span
+  return alone
 
 
 def main(argv):
@@ -223,6 +250,9 @@ def main(argv):
     shape, opcode, op_name, matmul = instructions.get(name, ('?', '?', '', False))
     by_kind[_kind(opcode, matmul)] += ms
     by_where[_where(op_name)] += ms
+  alone = collections.Counter()
+  for name, ps in _alone(events).items():
+    alone[_where(instructions.get(name, ('', '', ''))[2])] += ps / 1e9 / (FLAGS.steps * program.k)
   total = sum(per_op.values())
   top = [dict(op=n, ms=round(ms, 2), shape=instructions.get(n, ('?',))[0],
               source=instructions.get(n, ('', '', ''))[2].split('/', 1)[-1][:100])
@@ -237,7 +267,9 @@ def main(argv):
                  else None,
                  by_kind={k: round(v, 1) for k, v in by_kind.most_common()},
                  by_network={k: round(v, 1) for k, v in by_where.most_common()},
-                 busy_threads=_busy_threads(events), top_operations=top, trace_dir=trace_dir)
+                 busy_threads=_busy_threads(events),
+                 one_thread_by_network={k: round(v, 1) for k, v in alone.most_common()},
+                 top_operations=top, trace_dir=trace_dir)
   with open(os.path.join(trace_dir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print(f'{summary["device"]}: {summary["wall_ms"]} ms per iteration ({summary["traced_wall_ms"]} '
@@ -250,6 +282,12 @@ def main(argv):
     print(f'\n{title}:')
     for k, v in table.most_common():
       print(f'  {v:8.1f} ms  {100 * v / total:5.1f}%  {k}')
+  # Where a second thread would wait: more threads cannot shorten these spans, only a shorter
+  # chain of dependent operations (or faster ones) can.
+  print(f'\nwhile one thread alone runs operations ({sum(alone.values()):.1f} ms per iteration), '
+        'by network:')
+  for k, v in alone.most_common(8):
+    print(f'  {v:8.1f} ms  {k}')
   print(f'\ntop {FLAGS.top} operations:')
   for row in top:
     print(f'  {row["ms"]:7.2f} ms  {row["op"]:28s} {row["shape"]:28s} {row["source"]}')

@@ -96,6 +96,9 @@ def test_busy_threads_counts_overlap_and_nesting(profile_step):
   shares = profile_step._busy_threads(events)  # pylint: disable=protected-access
   assert shares == {'0': pytest.approx(0.2), '1': pytest.approx(0.55),
                     '2 or more': pytest.approx(0.25)}
+  # Alone: x 0-2 and 4-5 (the nested event 2-4 counts, not x around it), y 10-15, z 19-20.
+  alone = profile_step._alone(events)  # pylint: disable=protected-access
+  assert alone == {'x': 3, 'nested': 2, 'y': 5, 'z': 1}
 
 
 def test_gpu_kernels_counts_one_iteration_and_the_loops_inside_it():
