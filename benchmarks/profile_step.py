@@ -191,8 +191,7 @@ def _sweep(events):
     yield t - last, {thread: evs for thread, evs in running.items() if evs}
     thread = events[i][0]
     if delta > 0:
-      running[thread].append(i)  # events may nest
-      running[thread].sort(key=lambda j: events[j][1])
+      running[thread].append(i)  # events may nest; one starting later is inside the others
     else:
       running[thread].remove(i)
     last = t
@@ -242,17 +241,17 @@ def main(argv):
     sys.exit(f'{benchmarks.device_name()}: {1000 * wall:.1f} ms per iteration ({1000 * traced:.1f} '
              f'traced); no XLA operations found in the trace. Open it with TensorBoard\'s '
              f'profile plugin or xprof: {trace_dir}')
+  ms_per_iteration = lambda ps: ps / 1e9 / (FLAGS.steps * program.k)
   per_op = collections.Counter()
   for _, start, end, name in events:
-    per_op[name] += (end - start) / 1e9 / (FLAGS.steps * program.k)  # ms per iteration
-  by_kind, by_where = collections.Counter(), collections.Counter()
+    per_op[name] += ms_per_iteration(end - start)
+  by_kind, by_where, alone = collections.Counter(), collections.Counter(), collections.Counter()
   for name, ms in per_op.items():
     shape, opcode, op_name, matmul = instructions.get(name, ('?', '?', '', False))
     by_kind[_kind(opcode, matmul)] += ms
     by_where[_where(op_name)] += ms
-  alone = collections.Counter()
   for name, ps in _alone(events).items():
-    alone[_where(instructions.get(name, ('', '', ''))[2])] += ps / 1e9 / (FLAGS.steps * program.k)
+    alone[_where(instructions.get(name, ('?', '?', '', False))[2])] += ms_per_iteration(ps)
   total = sum(per_op.values())
   top = [dict(op=n, ms=round(ms, 2), shape=instructions.get(n, ('?',))[0],
               source=instructions.get(n, ('', '', ''))[2].split('/', 1)[-1][:100])
