@@ -242,19 +242,21 @@ def main(argv):
              f'traced); no XLA operations found in the trace. Open it with TensorBoard\'s '
              f'profile plugin or xprof: {trace_dir}')
   ms_per_iteration = lambda ps: ps / 1e9 / (FLAGS.steps * program.k)
+  # (shape, opcode, source, matmul); an operation the compiled text lacks is unknown.
+  instruction = lambda name: instructions.get(name, ('?', '?', '', False))
   per_op = collections.Counter()
   for _, start, end, name in events:
     per_op[name] += ms_per_iteration(end - start)
   by_kind, by_where, alone = collections.Counter(), collections.Counter(), collections.Counter()
   for name, ms in per_op.items():
-    shape, opcode, op_name, matmul = instructions.get(name, ('?', '?', '', False))
+    _, opcode, op_name, matmul = instruction(name)
     by_kind[_kind(opcode, matmul)] += ms
     by_where[_where(op_name)] += ms
   for name, ps in _alone(events).items():
-    alone[_where(instructions.get(name, ('?', '?', '', False))[2])] += ms_per_iteration(ps)
+    alone[_where(instruction(name)[2])] += ms_per_iteration(ps)
   total = sum(per_op.values())
-  top = [dict(op=n, ms=round(ms, 2), shape=instructions.get(n, ('?',))[0],
-              source=instructions.get(n, ('', '', ''))[2].split('/', 1)[-1][:100])
+  top = [dict(op=n, ms=round(ms, 2), shape=instruction(n)[0],
+              source=instruction(n)[2].split('/', 1)[-1][:100])
          for n, ms in per_op.most_common(FLAGS.top)]
   matmul_ms = by_kind['matmuls and convolutions']
   summary = dict(device=benchmarks.device_name(), wall_ms=round(1000 * wall, 1),
