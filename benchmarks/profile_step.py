@@ -53,8 +53,7 @@ flags.DEFINE_integer('top', 20, 'Most expensive operations listed.')
 flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new temporary folder).')
 FLAGS = flags.FLAGS
 
-# An instruction's name, shape (a tuple's has spaces) and opcode.
-INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(')
+INSTRUCTION = benchmarks.INSTRUCTION  # an HLO instruction's name, shape and opcode
 _HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
 _SKIPPED_EVENTS = ('ThunkExecutor', 'end:', 'Slinky', 'ThreadpoolListener')
 

@@ -8,8 +8,10 @@ its training script does (`train_mmali_mnist_svhn.py`, `train_mmali_multimnist.p
 `train_mmali_multimnist_joint.py`: networks, `utils.init_param_normal`, two Adams, an EMA copy)
 and times what one iteration of its training loop does, without data loading: the D step on two
 batches, the G step on two batches, and the EMA `lerp`, on the GPU where PyTorch sees one (as the
-training scripts run; `--device=cpu` to force the CPU). `benchmarks/run.py` calls it in the same
-run as this project's benchmarks. Prints one JSON line.
+training scripts run; `--device=cpu` to force the CPU). After the timing, one more iteration
+runs under PyTorch's FlopCounterMode, which counts the FLOPs of its matmuls and convolutions
+(every tap of every window, padding included). `benchmarks/run.py` calls it in the same run as
+this project's benchmarks. Prints one JSON line.
 """
 import argparse
 import copy
@@ -164,10 +166,15 @@ def main():
     iteration()
     steps += 1
   seconds = (time.perf_counter() - start) / steps
+  from torch.utils import flop_counter  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  counter = flop_counter.FlopCounterMode(display=False)
+  with counter:
+    iteration()
   print(json.dumps(dict(
       implementation='reference (PyTorch)', experiment=args.experiment,
       modalities=len(keys), discriminator=args.discriminator, batch_size=b,
       ms_per_iteration=round(1000 * seconds, 2), iterations_per_s=round(1 / seconds, 2),
+      gflop_per_iteration=round(counter.get_total_flops() / 1e9, 2),
       torch=torch.__version__, device=device, threads=torch.get_num_threads(),
       machine=platform.processor() or platform.machine(), timed_iterations=steps)))
 

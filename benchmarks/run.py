@@ -10,14 +10,16 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
   iterations per call as training does), and of the input pipeline alone (sampling and
   gathering a batch on the device);
 - XLA's FLOP count of one iteration, the FLOP/s achieved, and its fraction of the device's
-  float32 matmul rate, measured in the same run (large square matmuls);
+  float32 matmul rate, measured in the same run (large square matmuls); and the FLOPs of its
+  matmuls and convolutions counted as PyTorch counts the reference's (`matmul_flops`);
 - peak memory: XLA's memory of the compiled step (arguments, outputs, temporaries), and the
   device's peak bytes in use so far in the run, this case's step included, where the backend
   reports it (GPU, TPU; the process's peak: the cases before count too);
 - with --data_dir: iterations/s of the real training loop, `python -m mmali_jax.main` with
   evaluation off, read from the steps/s it logs (median after the first logging interval);
 - with --reference_dir: the authors' PyTorch iteration on random tensors
-  (benchmarks/reference_step.py), run in the same run on the same machine;
+  (benchmarks/reference_step.py), run in the same run on the same machine, and the FLOPs of its
+  matmuls and convolutions (PyTorch's FlopCounterMode);
 - with --variants: the jitted step under other settings of the config (e.g. the opt-in
   numerics modes), against the case's own config compiled in the same process and timed in
   alternating rounds, with how much each changes the losses of the first call.
@@ -156,6 +158,54 @@ def _random_data(config, mods, num_examples=2000, num_pairs=20000):
           'key': train_step.data_key(config.seed)}
 
 
+# An HLO instruction's name, shape (a tuple's has spaces) and opcode.
+INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(')
+# Library calls that compute products (oneDNN's on CPU; cuBLAS, cuDNN), by their targets.
+_PRODUCT_CALL = re.compile(r'custom_call_target="[^"]*(?:gemm|conv|matmul|dnn|blas)', re.I)
+
+
+def _dims(shape):
+  """The dimensions of an HLO shape's first array: 'f32[64,8]{1,0}' -> [64, 8]."""
+  found = re.search(r'\[([\d,]*)\]', shape)
+  return [int(d) for d in found.group(1).split(',') if d] if found else []
+
+
+def matmul_flops(hlo_text):
+  """The FLOPs of a CPU program's matmuls and convolutions (its optimised HLO), counted as
+  PyTorch's FlopCounterMode counts the reference's: 2 per multiply-add, every tap of every window
+  (taps over padding included), a transposed convolution (XLA:CPU's convolution over a
+  zero-dilated input) only over its real input. XLA's own count (`cost_analysis`) leaves out the
+  taps over padding, so only this one compares with the reference's. None where a library call
+  computes a product (oneDNN's, where its flags are on): its text gives no count. Not for GPU
+  programs: XLA:GPU interleaves a transposed convolution's input with zeros before cuDNN runs it
+  and pads matmuls it splits along their contraction, so their products count work torch's
+  count does not."""
+  dims, total = {}, 0
+  for line in hlo_text.splitlines():
+    m = INSTRUCTION.match(line)
+    if not m:
+      continue
+    name, shape, opcode = m.groups()
+    dims[name] = _dims(shape)
+    if opcode == 'custom-call' and _PRODUCT_CALL.search(line):
+      return None
+    if opcode not in ('dot', 'convolution'):
+      continue
+    lhs, rhs = (dims[a] for a in re.findall(r'%([\w.\-]+)', line[m.end():].split(')')[0])[:2])
+    out = int(np.prod(dims[name]))
+    if opcode == 'dot':
+      contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', line).group(1)
+      total += 2 * out * int(np.prod([lhs[int(i)] for i in re.findall(r'\d+', contracting)]))
+      continue
+    labels = re.search(r'dim_labels=\w+_(\w+)->', line).group(1)  # the kernel's, e.g. 01io
+    taps = int(np.prod([rhs[i] for i, c in enumerate(labels) if c.isdigit()]))
+    groups = re.search(r'feature_group_count=(\d+)', line)
+    dilation = re.search(r'lhs_dilate=([\dx]+)', line)
+    total += (2 * out * rhs[labels.index('i')] * taps // (int(groups.group(1)) if groups else 1)
+              // (int(np.prod([int(d) for d in dilation.group(1).split('x')])) if dilation else 1))
+  return total
+
+
 class _Program:
   """A config's training step compiled for `steps_per_dispatch` iterations per call, with its
   initial state and device-resident random data."""
@@ -168,6 +218,7 @@ class _Program:
                                 shardings.replicated)
     self.data = jax.device_put(_random_data(config, mods), shardings.replicated)
     self.k = train.steps_per_dispatch(config)
+    self._one = None  # the program for one iteration per call, where k > 1 (`_single`)
     start = time.perf_counter()
     self.compiled = self.fn.lower(self.state, self.data, self.k).compile()
     self.compile_s = time.perf_counter() - start
@@ -177,10 +228,24 @@ class _Program:
     self.state, metrics = self.compiled(self.state, self.data)
     return jax.block_until_ready(metrics)
 
+  def _single(self):
+    """The program compiled for one iteration per call."""
+    if self.k == 1:
+      return self.compiled
+    if self._one is None:
+      self._one = self.fn.lower(self.state, self.data, 1).compile()
+    return self._one
+
   def flops_per_iteration(self):
-    """XLA's FLOP count of one iteration, from the program compiled for one."""
-    single = self.compiled if self.k == 1 else self.fn.lower(self.state, self.data, 1).compile()
-    return single.cost_analysis().get('flops', float('nan'))
+    """XLA's FLOP count of one iteration."""
+    return self._single().cost_analysis().get('flops', float('nan'))
+
+  def matmul_flops_per_iteration(self):
+    """One iteration's matmul and convolution FLOPs as PyTorch counts them (`matmul_flops`), or
+    None off the CPU."""
+    if jax.devices()[0].platform != 'cpu':
+      return None
+    return matmul_flops(self._single().as_text())
 
 
 def benchmark_step(config, seconds):
@@ -188,6 +253,7 @@ def benchmark_step(config, seconds):
   program = _Program(config)
   compiled, data, k = program.compiled, program.data, program.k
   flops = program.flops_per_iteration()
+  matmul = program.matmul_flops_per_iteration()
   program_memory = _program_memory(compiled)
   compile_s = program.compile_s
   step_s = _timed(program, seconds) / k
@@ -214,6 +280,7 @@ def benchmark_step(config, seconds):
               step_memory_mb=round(program_memory / 2 ** 20),
               step_iterations_per_s=round(1 / step_s, 2), step_ms=round(1000 * step_s, 2),
               flops_per_iteration=flops, achieved_gflop_per_s=round(flops / step_s / 1e9, 1),
+              matmul_gflop_per_iteration=None if matmul is None else round(matmul / 1e9, 2),
               pipeline_batches_per_s=round(1 / pipeline_s, 1))
 
 
@@ -363,6 +430,7 @@ def benchmark_reference(config_file, config, reference_dir, reference_python, se
   record = json.loads(result.stdout.strip().splitlines()[-1])
   return dict(reference_ms=record['ms_per_iteration'],
               reference_iterations_per_s=record['iterations_per_s'],
+              reference_gflop_per_iteration=record.get('gflop_per_iteration'),
               reference_torch=record['torch'], reference_device=record['device'])
 
 
@@ -370,14 +438,18 @@ def _table(results):
   cols = [('case', 'case'), ('compile s', 'compile_s'), ('step it/s', 'step_iterations_per_s'),
           ('loop it/s', 'loop_iterations_per_s'), ('reference it/s', 'reference_iterations_per_s'),
           ('speed-up vs reference', 'speedup_vs_reference'),
-          ('GFLOP/it', 'gflop_per_iteration'), ('achieved GFLOP/s', 'achieved_gflop_per_s'),
+          ('GFLOP/it', 'gflop_per_iteration'),
+          ('matmul GFLOP/it as torch counts', 'matmul_gflop_per_iteration'),
+          ('reference GFLOP/it', 'reference_gflop_per_iteration'),
+          ('achieved GFLOP/s', 'achieved_gflop_per_s'),
           ('% of matmul peak', 'percent_of_matmul_peak'),
           ('step memory MB', 'step_memory_mb'), ('device peak MB so far', 'device_peak_memory_mb'),
           ('pipeline batches/s', 'pipeline_batches_per_s'),
           ('250k steps take (h)', 'hours_for_250k_steps')]
   lines = ['| ' + ' | '.join(c for c, _ in cols) + ' |', '|' + '---|' * len(cols)]
   for r in results:
-    lines.append('| ' + ' | '.join(str(r.get(k, '–')) for _, k in cols) + ' |')
+    lines.append('| ' + ' | '.join('–' if r.get(k) is None else str(r[k]) for _, k in cols)
+                 + ' |')
   return '\n'.join(lines)
 
 
@@ -503,7 +575,11 @@ def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
           f'{summary["matmul_peak_gflop_per_s"]} GFLOP/s). Step it/s: the jitted training step '
           'on device-resident random data; loop it/s: `python -m mmali_jax.main` on real data; '
           'reference: the authors\' PyTorch iteration on random tensors, same machine, same '
-          'run. Step memory: XLA\'s peak memory of the compiled step (dataset included). The '
+          'run. GFLOP/it: XLA\'s count; matmul GFLOP/it as torch counts: the matmuls and '
+          'convolutions of the same program counted as PyTorch counts the reference\'s (taps '
+          'over padding included, which XLA leaves out; on CPU only), beside the reference\'s '
+          'own count (PyTorch\'s FlopCounterMode). '
+          'Step memory: XLA\'s peak memory of the compiled step (dataset included). The '
           '250k-steps estimate uses the loop rate where measured.\n\n')
   if 'incomplete' in summary:
     text += f'**Incomplete: {summary["incomplete"]}; the run stopped or is still going.**\n\n'

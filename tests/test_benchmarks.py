@@ -351,3 +351,69 @@ def test_a_case_whose_step_fails_is_reported_and_the_next_is_measured(tmp_path, 
   results = json.loads((tmp_path / 'gpu-1x-H200-subset.json').read_text())['results']
   assert [('step_error' in r, r.get('step_iterations_per_s')) for r in results] == [
       (True, None), (False, 10.0)]
+
+
+def test_matmul_flops_count_as_pytorch_counts_the_reference():
+  """Every product of a compiled program counted as torch.utils.flop_counter counts it: 2 per
+  multiply-add of every window tap, padding included; a transposed convolution over its input."""
+  run = _benchmark('run')
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  hlo = lambda f, *args: jax.jit(f).lower(*args).compile().as_text()
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),
+                                                   dimension_numbers=dn)
+  x, k, g = jnp.ones((8, 16, 16, 32)), jnp.ones((4, 4, 32, 64)), jnp.ones((8, 8, 8, 64))
+  # torch: batch * output positions * out channels * kernel taps * in channels * 2
+  strided = 2 * 8 * 8 * 8 * 64 * 16 * 32
+  assert run.matmul_flops(hlo(conv, x, k)) == strided
+  # XLA's own count leaves out the taps over the padding: not comparable with torch's.
+  assert jax.jit(conv).lower(x, k).compile().cost_analysis()['flops'] < strided
+  # The gradients, whatever form XLA gives them: each as many FLOPs as the forward pass.
+  kernel_grad = lambda x, g: jax.vjp(lambda k: conv(x, k), k)[1](g)[0]
+  input_grad = lambda k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0]
+  assert run.matmul_flops(hlo(kernel_grad, x, g)) == strided
+  assert run.matmul_flops(hlo(input_grad, k, g)) == strided
+  # A transposed convolution: torch counts batch * input positions * kernel size * 2.
+  transposed = lambda y, k: jax.lax.conv_transpose(y, k, (2, 2), ((2, 2), (2, 2)),
+                                                   dimension_numbers=dn)
+  y = jnp.ones((8, 4, 4, 128))
+  assert jax.eval_shape(transposed, y, jnp.ones((4, 4, 128, 64))).shape == (8, 8, 8, 64)
+  assert run.matmul_flops(hlo(transposed, y, jnp.ones((4, 4, 128, 64)))) == (
+      2 * 8 * 4 * 4 * 128 * 64 * 16)
+  # Matmuls, batched ones and several in one program (summed), elementwise work not counted.
+  a, b = jnp.ones((64, 300)), jnp.ones((300, 40))
+  both = lambda a, b, c, d: (jnp.tanh(a @ b), jnp.einsum('bij,bjk->bik', c, d))
+  assert run.matmul_flops(hlo(both, a, b, jnp.ones((3, 5, 7)), jnp.ones((3, 7, 2)))) == (
+      2 * 64 * 300 * 40 + 2 * 3 * 5 * 7 * 2)
+  assert run.matmul_flops(hlo(jnp.tanh, a)) == 0
+
+
+def test_the_reference_count_of_flops_reaches_the_table(tmp_path):
+  run = _benchmark('run')
+  python = tmp_path / 'python'  # stands in for a Python with torch running reference_step.py
+  python.write_text('#!/bin/sh\necho "FactorModel\'s parameters initialized: 1"\necho \'{"ms_per_'
+                    'iteration": 125.0, "iterations_per_s": 8.0, "gflop_per_iteration": 6.01, '
+                    '"torch": "2.13.0+cpu", "device": "cpu"}\'\n')
+  python.chmod(0o755)
+  record = run.benchmark_reference('multimnist', small_config('multimnist', 'modalities=2'),
+                                   str(tmp_path), str(python), seconds=1)
+  assert record['reference_gflop_per_iteration'] == 6.01
+  record.update(case='M=2', matmul_gflop_per_iteration=5.35, gflop_per_iteration=5.55)
+  header, _, row = run._table([record]).splitlines()  # pylint: disable=protected-access
+  cells = dict(zip(header.split(' | '), row.split(' | ')))
+  assert (cells['GFLOP/it'], cells['matmul GFLOP/it as torch counts'],
+          cells['reference GFLOP/it']) == ('5.55', '5.35', '6.01')
+  last = run._table([{'case': 'M=4', 'matmul_gflop_per_iteration': None}]).splitlines()[-1]  # pylint: disable=protected-access
+  assert 'None' not in last and ' – ' in last
+
+
+def test_matmul_flops_give_no_count_where_a_library_call_computes_a_product():
+  run = _benchmark('run')
+  hlo = ('ENTRY %main (a: f32[64,300], b: f32[300,40]) -> f32[64,40] {\n'
+         '  %a = f32[64,300]{1,0} parameter(0)\n  %b = f32[300,40]{1,0} parameter(1)\n'
+         '  ROOT %c = f32[64,40]{1,0} custom-call(%a, %b), custom_call_target="__onednn$matmul"\n}')
+  assert run.matmul_flops(hlo) is None
+  assert run.matmul_flops(hlo.replace('custom-call(%a, %b), custom_call_target="__onednn$matmul"',
+                                      'dot(%a, %b), lhs_contracting_dims={1}, '
+                                      'rhs_contracting_dims={0}')) == 2 * 64 * 300 * 40
