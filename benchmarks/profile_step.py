@@ -54,22 +54,10 @@ flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new tem
 FLAGS = flags.FLAGS
 
 INSTRUCTION = benchmarks.INSTRUCTION  # an HLO instruction's name, shape and opcode
-_HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
 _SKIPPED_EVENTS = ('ThunkExecutor', 'end:', 'Slinky', 'ThreadpoolListener')
 
 
-def computations(hlo_text):
-  """{computation name: [instruction lines]} of an HLO module's text."""
-  out, current = {}, None
-  for line in hlo_text.splitlines():
-    header = _HEADER.match(line)
-    if header and line.rstrip().endswith('{'):
-      current = out.setdefault(header.group(1), [])
-    elif line.startswith('}'):
-      current = None
-    elif current is not None and line.strip():
-      current.append(line)
-  return out
+computations = benchmarks.computations
 
 
 _NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='

@@ -30,6 +30,7 @@ in full, the measurements so far (written after each) are in <name>-incomplete.{
 a run stopped part-way keeps them, says what is missing and replaces no earlier complete table.
 """
 import copy
+import functools
 import json
 import os
 import platform
@@ -160,8 +161,23 @@ def _random_data(config, mods, num_examples=2000, num_pairs=20000):
 
 # An HLO instruction's name, shape (a tuple's has spaces) and opcode.
 INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(')
+_HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(')
 # Library calls that compute products (oneDNN's on CPU; cuBLAS, cuDNN), by their targets.
-_PRODUCT_CALL = re.compile(r'custom_call_target="[^"]*(?:gemm|conv|matmul|dnn|blas)', re.I)
+_PRODUCT_CALL = re.compile(r'custom_call_target="__(?:onednn|cublas|cudnn|xnn|ynn)')
+
+
+def computations(hlo_text):
+  """{computation name: [instruction lines]} of an HLO module's text."""
+  out, current = {}, None
+  for line in hlo_text.splitlines():
+    header = _HEADER.match(line)
+    if header and line.rstrip().endswith('{'):
+      current = out.setdefault(header.group(1), [])
+    elif line.startswith('}'):
+      current = None
+    elif current is not None and line.strip():
+      current.append(line)
+  return out
 
 
 def _dims(shape):
@@ -170,40 +186,79 @@ def _dims(shape):
   return [int(d) for d in found.group(1).split(',') if d] if found else []
 
 
+def _product_flops(line, name, opcode, operands, dims):
+  """One dot's or convolution's FLOPs as torch counts them (`matmul_flops`)."""
+  lhs, rhs = dims[operands[0]], dims[operands[1]]
+  if opcode == 'dot':
+    listed = lambda key: [int(i) for i in re.findall(r'\d+', re.search(
+        key + r'=\{([\d,]*)\}', line).group(1))] if key + '=' in line else []
+    contracting, batch = listed('lhs_contracting_dims'), listed('lhs_batch_dims')
+    out, k = dims[name], int(np.prod([lhs[i] for i in contracting]))
+    free_lhs = int(np.prod([d for i, d in enumerate(lhs) if i not in contracting + batch]))
+    free_rhs = int(np.prod(out)) // max(1, free_lhs * int(np.prod([lhs[i] for i in batch])))
+    if min(free_lhs, free_rhs) == 1:
+      return 0  # a matrix-vector product: torch's count leaves out aten.mv
+    return 2 * int(np.prod(out)) * k
+  lhs_labels, rhs_labels = re.search(r'dim_labels=(\w+)_(\w+)->', line).groups()
+  taps = int(np.prod([rhs[i] for i, c in enumerate(rhs_labels) if c.isdigit()]))
+  in_per_group, out_channels = rhs[rhs_labels.index('i')], rhs[rhs_labels.index('o')]
+  if 'lhs_dilate=' in line:
+    # A transposed convolution: torch counts every tap at every input position.
+    positions = int(np.prod(lhs)) // lhs[lhs_labels.index('f')]
+    return 2 * positions * in_per_group * out_channels * taps
+  positions = int(np.prod(dims[name])) // out_channels  # output positions, batch included
+  return 2 * positions * out_channels * in_per_group * taps
+
+
 def matmul_flops(hlo_text):
   """The FLOPs of a CPU program's matmuls and convolutions (its optimised HLO), counted as
   PyTorch's FlopCounterMode counts the reference's: 2 per multiply-add, every tap of every window
-  (taps over padding included), a transposed convolution (XLA:CPU's convolution over a
-  zero-dilated input) only over its real input. XLA's own count (`cost_analysis`) leaves out the
-  taps over padding, so only this one compares with the reference's. None where a library call
-  computes a product (oneDNN's, where its flags are on): its text gives no count. Not for GPU
-  programs: XLA:GPU interleaves a transposed convolution's input with zeros before cuDNN runs it
-  and pads matmuls it splits along their contraction, so their products count work torch's
-  count does not."""
-  dims, total = {}, 0
+  at every output position (taps over padding included), a transposed convolution (XLA's
+  convolution over a zero-dilated input) at every input position; matrix-vector products (the
+  spectral-norm power iterations) left out, as torch leaves out aten.mv. XLA's own count
+  (`cost_analysis`) leaves out the taps over padding, so only this one compares with the
+  reference's. A stride-1 transposed convolution is an ordinary padded convolution in XLA's
+  program and counts as one (this project's are all strided). None where the text gives no
+  count: a library call computes a product (oneDNN's, where its flags are on), or a product
+  runs in a loop or a conditional (trip counts are not in the text). Not for GPU programs:
+  XLA:GPU interleaves a transposed convolution's input with zeros before cuDNN runs it and pads
+  matmuls it splits along their contraction, so their products count work torch's count does
+  not."""
+  dims, bodies = {}, computations(hlo_text)
   for line in hlo_text.splitlines():
     m = INSTRUCTION.match(line)
-    if not m:
-      continue
-    name, shape, opcode = m.groups()
-    dims[name] = _dims(shape)
-    if opcode == 'custom-call' and _PRODUCT_CALL.search(line):
-      return None
-    if opcode not in ('dot', 'convolution'):
-      continue
-    lhs, rhs = (dims[a] for a in re.findall(r'%([\w.\-]+)', line[m.end():].split(')')[0])[:2])
-    out = int(np.prod(dims[name]))
-    if opcode == 'dot':
-      contracting = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', line).group(1)
-      total += 2 * out * int(np.prod([lhs[int(i)] for i in re.findall(r'\d+', contracting)]))
-      continue
-    labels = re.search(r'dim_labels=\w+_(\w+)->', line).group(1)  # the kernel's, e.g. 01io
-    taps = int(np.prod([rhs[i] for i, c in enumerate(labels) if c.isdigit()]))
-    groups = re.search(r'feature_group_count=(\d+)', line)
-    dilation = re.search(r'lhs_dilate=([\dx]+)', line)
-    total += (2 * out * rhs[labels.index('i')] * taps // (int(groups.group(1)) if groups else 1)
-              // (int(np.prod([int(d) for d in dilation.group(1).split('x')])) if dilation else 1))
-  return total
+    if m:
+      dims[m.group(1)] = _dims(m.group(2))
+  own, callees, looped = {}, {}, set()
+  for comp, lines in bodies.items():
+    own[comp], callees[comp] = 0, []
+    for line in lines:
+      m = INSTRUCTION.match(line)
+      if not m:
+        continue
+      name, _, opcode = m.groups()
+      if opcode == 'custom-call' and _PRODUCT_CALL.search(line):
+        return None
+      called = re.sub(r'metadata=\{[^}]*\}', '', line)
+      callees[comp] += re.findall(r'(?:calls|to_apply)=%?([\w.\-]+)', called)
+      for group in re.findall(r'(?:body|condition)=%?([\w.\-]+)|branch_computations=\{([^}]*)\}',
+                              called):
+        looped.update(re.findall(r'[\w.\-]+', ' '.join(group)))
+      if opcode in ('dot', 'convolution'):
+        operands = re.findall(r'%([\w.\-]+)', line[m.end():].split(')')[0])
+        if len(operands) < 2 or not all(o in dims for o in operands[:2]):
+          return None  # text without operand names: nothing to count by
+        own[comp] += _product_flops(line, name, opcode, operands, dims)
+
+  @functools.lru_cache(maxsize=None)
+  def total(comp):  # its own products and those of what it calls, once per call
+    return own.get(comp, 0) + sum(total(c) for c in callees.get(comp, ()))
+
+  if any(total(comp) for comp in looped):
+    return None
+  entry = next((re.match(r'ENTRY %?([\w.\-]+)', l).group(1) for l in hlo_text.splitlines()
+                if l.startswith('ENTRY')), None)
+  return None if entry is None else total(entry)
 
 
 class _Program:

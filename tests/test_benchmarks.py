@@ -387,6 +387,34 @@ def test_matmul_flops_count_as_pytorch_counts_the_reference():
   assert run.matmul_flops(hlo(both, a, b, jnp.ones((3, 5, 7)), jnp.ones((3, 7, 2)))) == (
       2 * 64 * 300 * 40 + 2 * 3 * 5 * 7 * 2)
   assert run.matmul_flops(hlo(jnp.tanh, a)) == 0
+  # Matrix-vector products (the power iterations) are left out, as torch leaves out aten.mv.
+  assert run.matmul_flops(hlo(lambda a, v: a @ v, a, jnp.ones(300))) == 0
+  # Grouped convolutions (depthwise here: 32 groups) and a transposed convolution whose output is
+  # not stride x input: the values torch 2.13's FlopCounterMode gives for the same calls.
+  depthwise = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), 'SAME', dimension_numbers=dn, feature_group_count=32)
+  assert run.matmul_flops(hlo(depthwise, x, jnp.ones((3, 3, 1, 32)))) == 1179648
+  grouped = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn, feature_group_count=4)
+  assert run.matmul_flops(hlo(grouped, x, jnp.ones((3, 3, 8, 64)))) == 4718592
+  valid = lambda y, k: jax.lax.conv_transpose(y, k, (2, 2), 'VALID', dimension_numbers=dn)
+  assert run.matmul_flops(hlo(valid, jnp.ones((8, 5, 5, 16)), jnp.ones((3, 3, 16, 24)))) == 1382400
+
+
+def test_matmul_flops_give_no_count_for_products_in_loops():
+  """A loop's trip count is not in the text: no count rather than a wrong one; a loop without
+  products (the sampler's cycle walking, say) does not stop the count."""
+  run = _benchmark('run')
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  hlo = lambda f, *args: jax.jit(f).lower(*args).compile().as_text()
+  a, b = jnp.ones((64, 300)), jnp.ones((300, 300))
+  scanned = lambda a, b: jax.lax.scan(lambda c, _: (jnp.tanh(c @ b), None), a, None, length=5)[0]
+  assert run.matmul_flops(hlo(scanned, a, b)) is None
+  branch = lambda a, b: jax.lax.cond(a[0, 0] > 0, lambda: a @ b, lambda: a)
+  assert run.matmul_flops(hlo(branch, a, b)) is None
+  counted = lambda a, b: jax.lax.while_loop(lambda c: c[0, 0] < 100, lambda c: c * 2 + 1, a) @ b
+  assert run.matmul_flops(hlo(counted, a, b)) == 2 * 64 * 300 * 300
 
 
 def test_the_reference_count_of_flops_reaches_the_table(tmp_path):
@@ -414,6 +442,7 @@ def test_matmul_flops_give_no_count_where_a_library_call_computes_a_product():
          '  %a = f32[64,300]{1,0} parameter(0)\n  %b = f32[300,40]{1,0} parameter(1)\n'
          '  ROOT %c = f32[64,40]{1,0} custom-call(%a, %b), custom_call_target="__onednn$matmul"\n}')
   assert run.matmul_flops(hlo) is None
+  assert run.matmul_flops(hlo.replace('__onednn$matmul', 'some_other_call')) == 0
   assert run.matmul_flops(hlo.replace('custom-call(%a, %b), custom_call_target="__onednn$matmul"',
                                       'dot(%a, %b), lhs_contracting_dims={1}, '
                                       'rhs_contracting_dims={0}')) == 2 * 64 * 300 * 40
