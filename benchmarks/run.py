@@ -192,13 +192,13 @@ def _product_flops(line, name, opcode, operands, dims):
   if opcode == 'dot':
     listed = lambda key: [int(i) for i in re.findall(r'\d+', re.search(
         key + r'=\{([\d,]*)\}', line).group(1))] if key + '=' in line else []
-    contracting, batch = listed('lhs_contracting_dims'), listed('lhs_batch_dims')
-    out, k = dims[name], int(np.prod([lhs[i] for i in contracting]))
-    free_lhs = int(np.prod([d for i, d in enumerate(lhs) if i not in contracting + batch]))
-    free_rhs = int(np.prod(out)) // max(1, free_lhs * int(np.prod([lhs[i] for i in batch])))
-    if min(free_lhs, free_rhs) == 1:
+    free = lambda shape, side: int(np.prod([d for i, d in enumerate(shape) if i not in
+                                            listed(side + '_contracting_dims') +
+                                            listed(side + '_batch_dims')]))
+    if min(free(lhs, 'lhs'), free(rhs, 'rhs')) == 1:
       return 0  # a matrix-vector product: torch's count leaves out aten.mv
-    return 2 * int(np.prod(out)) * k
+    k = int(np.prod([lhs[i] for i in listed('lhs_contracting_dims')]))
+    return 2 * int(np.prod(dims[name])) * k
   lhs_labels, rhs_labels = re.search(r'dim_labels=(\w+)_(\w+)->', line).groups()
   taps = int(np.prod([rhs[i] for i, c in enumerate(rhs_labels) if c.isdigit()]))
   in_per_group, out_channels = rhs[rhs_labels.index('i')], rhs[rhs_labels.index('o')]
@@ -224,19 +224,16 @@ def matmul_flops(hlo_text):
   XLA:GPU interleaves a transposed convolution's input with zeros before cuDNN runs it and pads
   matmuls it splits along their contraction, so their products count work torch's count does
   not."""
-  dims, bodies = {}, computations(hlo_text)
-  for line in hlo_text.splitlines():
-    m = INSTRUCTION.match(line)
-    if m:
-      dims[m.group(1)] = _dims(m.group(2))
-  own, callees, looped = {}, {}, set()
-  for comp, lines in bodies.items():
+  # An instruction's operands are defined before it in its own computation.
+  dims, own, callees, looped = {}, {}, {}, set()
+  for comp, lines in computations(hlo_text).items():
     own[comp], callees[comp] = 0, []
     for line in lines:
       m = INSTRUCTION.match(line)
       if not m:
         continue
-      name, _, opcode = m.groups()
+      name, shape, opcode = m.groups()
+      dims[name] = _dims(shape)
       if opcode == 'custom-call' and _PRODUCT_CALL.search(line):
         return None
       called = re.sub(r'metadata=\{[^}]*\}', '', line)
@@ -256,9 +253,8 @@ def matmul_flops(hlo_text):
 
   if any(total(comp) for comp in looped):
     return None
-  entry = next((re.match(r'ENTRY %?([\w.\-]+)', l).group(1) for l in hlo_text.splitlines()
-                if l.startswith('ENTRY')), None)
-  return None if entry is None else total(entry)
+  entry = re.search(r'^ENTRY %?([\w.\-]+)', hlo_text, re.M)
+  return None if entry is None else total(entry.group(1))
 
 
 class _Program:

@@ -353,13 +353,18 @@ def test_a_case_whose_step_fails_is_reported_and_the_next_is_measured(tmp_path, 
       (True, None), (False, 10.0)]
 
 
+def _compiled_hlo(f, *args):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(f).lower(*args).compile().as_text()
+
+
 def test_matmul_flops_count_as_pytorch_counts_the_reference():
   """Every product of a compiled program counted as torch.utils.flop_counter counts it: 2 per
   multiply-add of every window tap, padding included; a transposed convolution over its input."""
   run = _benchmark('run')
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  hlo = lambda f, *args: jax.jit(f).lower(*args).compile().as_text()
+  hlo = _compiled_hlo
   dn = ('NHWC', 'HWIO', 'NHWC')
   conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)),
                                                    dimension_numbers=dn)
@@ -407,7 +412,7 @@ def test_matmul_flops_give_no_count_for_products_in_loops():
   run = _benchmark('run')
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  hlo = lambda f, *args: jax.jit(f).lower(*args).compile().as_text()
+  hlo = _compiled_hlo
   a, b = jnp.ones((64, 300)), jnp.ones((300, 300))
   scanned = lambda a, b: jax.lax.scan(lambda c, _: (jnp.tanh(c @ b), None), a, None, length=5)[0]
   assert run.matmul_flops(hlo(scanned, a, b)) is None
