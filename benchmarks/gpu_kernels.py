@@ -100,7 +100,7 @@ def _kernels(lines):
 
 def _kernel_opcode(line):
   """The instruction's opcode if it becomes a kernel, else None."""
-  m = profile_step.INSTRUCTION.match(line)
+  m = benchmarks.INSTRUCTION.match(line)
   return m.group(3) if m and m.group(3) in _KERNEL_OPCODES else None
 
 
@@ -113,7 +113,7 @@ def longest_chain(lines):
   latencies one after another, however many kernels run side by side."""
   deps, kernel, where = {}, {}, {}
   for line in lines:
-    m = profile_step.INSTRUCTION.match(line)
+    m = benchmarks.INSTRUCTION.match(line)
     if not m:
       continue
     name, op_name = m.group(1), profile_step.op_name(line)
@@ -163,7 +163,7 @@ def count_kernels(hlo_text, steps_per_dispatch):
       'per call, outside the loop': {'kernels': n, 'data-dependent loops': n,
                                      'kernels per trip of those loops': n}}
   """
-  comps = profile_step.computations(hlo_text)
+  comps = benchmarks.computations(hlo_text)
   bodies = [body for lines in comps.values() for body, _, trips in _loops(lines)
             if trips == steps_per_dispatch]
   if len(bodies) != 1:

@@ -53,13 +53,7 @@ flags.DEFINE_integer('top', 20, 'Most expensive operations listed.')
 flags.DEFINE_string('trace_dir', None, 'Where the trace goes (default: a new temporary folder).')
 FLAGS = flags.FLAGS
 
-INSTRUCTION = benchmarks.INSTRUCTION  # an HLO instruction's name, shape and opcode
 _SKIPPED_EVENTS = ('ThunkExecutor', 'end:', 'Slinky', 'ThreadpoolListener')
-
-
-computations = benchmarks.computations
-
-
 _NOT_OPERANDS = re.compile(r'(?:calls|to_apply|body|condition|branch_computations)='
                            r'(?:\{[^}]*\}|%?[\w.\-]+)|metadata=\{[^}]*\}')
 _CONTROL = re.compile(r'control-predecessors=\{[^}]*\}')
@@ -98,12 +92,12 @@ def _instructions(hlo_text):
 
   An instruction without a source location takes its nearest operands' (_source_from_operands).
   """
-  bodies = computations(hlo_text)
+  bodies = benchmarks.computations(hlo_text)
   has_matmul = lambda lines: any(' dot(' in l or ' convolution(' in l or 'custom_call_target="__'
                                  in l for l in lines)
   out, sources, reads = {}, {}, {}
   for line in hlo_text.splitlines():
-    m = INSTRUCTION.match(line)
+    m = benchmarks.INSTRUCTION.match(line)
     if not m or m.group(1) in out:
       continue
     called = re.search(r'calls=%?([\w.\-]+)', line)

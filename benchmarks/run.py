@@ -205,9 +205,9 @@ def _product_flops(line, name, opcode, operands, dims):
   if 'lhs_dilate=' in line:
     # A transposed convolution: torch counts every tap at every input position.
     positions = int(np.prod(lhs)) // lhs[lhs_labels.index('f')]
-    return 2 * positions * in_per_group * out_channels * taps
-  positions = int(np.prod(dims[name])) // out_channels  # output positions, batch included
-  return 2 * positions * out_channels * in_per_group * taps
+  else:
+    positions = int(np.prod(dims[name])) // out_channels  # output positions, batch included
+  return 2 * positions * in_per_group * out_channels * taps
 
 
 def matmul_flops(hlo_text):
