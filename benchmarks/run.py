@@ -190,11 +190,14 @@ def _product_flops(line, name, opcode, operands, dims):
   """One dot's or convolution's FLOPs as torch counts them (`matmul_flops`)."""
   lhs, rhs = dims[operands[0]], dims[operands[1]]
   if opcode == 'dot':
-    listed = lambda key: [int(i) for i in re.findall(r'\d+', re.search(
-        key + r'=\{([\d,]*)\}', line).group(1))] if key + '=' in line else []
-    free = lambda shape, side: int(np.prod([d for i, d in enumerate(shape) if i not in
-                                            listed(side + '_contracting_dims') +
-                                            listed(side + '_batch_dims')]))
+    def listed(key):
+      found = re.search(key + r'=\{([\d,]*)\}', line)
+      return [int(i) for i in re.findall(r'\d+', found.group(1))] if found else []
+
+    def free(shape, side):  # elements of the dimensions neither contracted nor batched
+      kept = set(listed(side + '_contracting_dims') + listed(side + '_batch_dims'))
+      return int(np.prod([d for i, d in enumerate(shape) if i not in kept]))
+
     if min(free(lhs, 'lhs'), free(rhs, 'rhs')) == 1:
       return 0  # a matrix-vector product: torch's count leaves out aten.mv
     k = int(np.prod([lhs[i] for i in listed('lhs_contracting_dims')]))
