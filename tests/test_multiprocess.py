@@ -47,9 +47,16 @@ def eight_devices(tmp_path_factory):
   return _train_here(str(tmp_path_factory.mktemp('eight')), 4, num_devices=8)
 
 
-def _launch(workdir, steps, processes, devices, cache, seeds=None, last_slower_s=0):
-  """Starts the job's processes; -> [(return code, output)] per process. The last one reaches
-  its first training step `last_slower_s` seconds later."""
+@pytest.fixture(scope='session')
+def one_device(tmp_path_factory):
+  """The same run on one device."""
+  return _train_here(str(tmp_path_factory.mktemp('one')), 4, num_devices=1)
+
+
+def _launch(workdir, steps, processes, devices, cache, seeds=None, last_slower_s=0,
+            meanwhile=None):
+  """Starts the job's processes, calls `meanwhile()` while they run; -> [(return code, output)]
+  per process. The last one reaches its first training step `last_slower_s` seconds later."""
   port = _free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
@@ -61,14 +68,22 @@ def _launch(workdir, steps, processes, devices, cache, seeds=None, last_slower_s
               for k in range(processes)]
   jobs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, env=env) for c in commands]
+  try:
+    if meanwhile:
+      meanwhile()
+  except BaseException:
+    for job in jobs:
+      job.kill()
+      job.communicate()
+    raise
   return [(job.returncode, out) for job, out in
           ((job, job.communicate(timeout=600)[0]) for job in jobs)]
 
 
-def _train(workdir, steps, processes, devices, cache, last_slower_s=0):
+def _train(workdir, steps, processes, devices, cache, last_slower_s=0, meanwhile=None):
   """Runs the job to `steps` and returns process 0's final parameters {name: array}."""
   for returncode, out in _launch(workdir, steps, processes, devices, cache,
-                                 last_slower_s=last_slower_s):
+                                 last_slower_s=last_slower_s, meanwhile=meanwhile):
     assert returncode == 0, out[-3000:]
   for k in range(processes if processes > 1 else 0):
     with open(os.path.join(workdir, f'orbax_barriers_process{k}.txt')) as f:
@@ -92,13 +107,20 @@ def _assert_same_training(a, b, steps, learning_rate=2e-4):
 
 
 @pytest.fixture(scope='session')
-def two_processes(tmp_path_factory, cache):
+def two_processes(tmp_path_factory, cache, request):
   """A 2-process x 4-device run of 4 steps: (its workdir, process 0's final parameters).
 
   Process 1 reaches the first step 35 s after process 0: on CPU the step's collectives wait only
-  30 s for the other processes when they are first set up (train.py starts them together)."""
+  30 s for the other processes when they are first set up (train.py starts them together).
+  Meanwhile this process trains the single-process runs the tests compare with."""
   workdir = str(tmp_path_factory.mktemp('two'))
-  return workdir, _train(workdir, 4, processes=2, devices=4, cache=cache, last_slower_s=35)
+
+  def single_process_runs():
+    request.getfixturevalue('eight_devices')
+    request.getfixturevalue('one_device')
+
+  return workdir, _train(workdir, 4, processes=2, devices=4, cache=cache, last_slower_s=35,
+                         meanwhile=single_process_runs)
 
 
 def test_the_module_runs_on_one_worker(request):
@@ -109,11 +131,10 @@ def test_the_module_runs_on_one_worker(request):
   assert request.node.nodeid.endswith('@multiprocess'), request.node.nodeid
 
 
-def test_two_processes_train_as_one_process(tmp_path, two_processes, eight_devices):
+def test_two_processes_train_as_one_process(two_processes, eight_devices, one_device):
   workdir, two = two_processes
-  one = _train_here(str(tmp_path / 'one'), 4, num_devices=1)
   _assert_same_training(two, eight_devices, steps=4)
-  _assert_same_training(two, one, steps=4)
+  _assert_same_training(two, one_device, steps=4)
   # Only process 0 wrote logs, images and config.json.
   files = os.listdir(workdir)
   assert len([f for f in files if f.startswith('events.out.tfevents')]) == 1
@@ -125,20 +146,26 @@ def test_two_processes_train_as_one_process(tmp_path, two_processes, eight_devic
 
 def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, cache, two_processes,
                                                            eight_devices):
-  """The 2-process run stopped after its checkpoint of step 2, resumed to step 4."""
+  """The 2-process run stopped after its checkpoint of step 2, resumed to step 4 (by one process,
+  here, while two processes resume another copy)."""
+  workdirs = {}
   for processes in (1, 2):
-    workdir = tmp_path / f'resumed_by_{processes}'
+    workdir = workdirs[processes] = tmp_path / f'resumed_by_{processes}'
     shutil.copytree(two_processes[0], workdir)
     shutil.rmtree(workdir / 'checkpoints' / '4')
     shutil.rmtree(workdir / 'samples')
     for name in os.listdir(workdir):
       if name.startswith('params_process'):
         os.remove(workdir / name)
-    if processes == 1:
-      resumed = _train_here(str(workdir), 4, num_devices=8)
-    else:
-      resumed = _train(str(workdir), 4, processes=2, devices=4, cache=cache)
-    _assert_same_training(resumed, eight_devices, steps=4)
+  resumed = {}
+
+  def resume_here():
+    resumed[1] = _train_here(str(workdirs[1]), 4, num_devices=8)
+
+  resumed[2] = _train(str(workdirs[2]), 4, processes=2, devices=4, cache=cache,
+                      meanwhile=resume_here)
+  for processes, workdir in workdirs.items():
+    _assert_same_training(resumed[processes], eight_devices, steps=4)
     # It went on from step 2: a run started afresh would have drawn step 2's samples again.
     assert os.listdir(workdir / 'samples') == ['step_0000004.png']
 
