@@ -80,10 +80,10 @@ def _launch(workdir, steps, processes, devices, cache, seeds=None, last_slower_s
           ((job, job.communicate(timeout=600)[0]) for job in jobs)]
 
 
-def _train(workdir, steps, processes, devices, cache, last_slower_s=0, meanwhile=None):
-  """Runs the job to `steps` and returns process 0's final parameters {name: array}."""
-  for returncode, out in _launch(workdir, steps, processes, devices, cache,
-                                 last_slower_s=last_slower_s, meanwhile=meanwhile):
+def _train(workdir, steps, processes, devices, cache, **launch_options):
+  """Runs the job to `steps` (`_launch`) and returns process 0's final parameters
+  {name: array}."""
+  for returncode, out in _launch(workdir, steps, processes, devices, cache, **launch_options):
     assert returncode == 0, out[-3000:]
   for k in range(processes if processes > 1 else 0):
     with open(os.path.join(workdir, f'orbax_barriers_process{k}.txt')) as f:
