@@ -13,6 +13,7 @@ from absl import logging
 from etils import epath
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from mmali_jax import default_config
@@ -34,8 +35,11 @@ def checkpoint_dir(workdir):
 
 def _manager(workdir, keep=None, create=False):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+  # Handlers named up front (not inferred from the first save or restore), so that a checkpoint's
+  # metadata can be read before restoring it.
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=('train', 'ema'))
+                               item_handlers={'train': ocp.StandardCheckpointHandler(),
+                                              'ema': ocp.StandardCheckpointHandler()})
 
 
 def _split(state):
@@ -146,17 +150,27 @@ class Checkpointer:
       self.manager.close()
 
 
+def _restore_ema_to_host(manager, step):
+  """The EMA parameters of checkpoint `step` as host numpy arrays, as training hands them to the
+  evaluators: restoring into the saved shardings would need the saving run's devices (a run
+  trained on 8 GPUs is evaluated on a 1-device machine)."""
+  saved = manager.item_metadata(step)['ema'].tree
+  target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved)
+  return manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(target)))
+
+
 def restore_ema(workdir, step=None):
-  """-> (EMA generator parameters, step) of the given checkpoint of a run, or of its newest
-  readable one (unreadable newer ones are set aside, as when training resumes)."""
+  """-> (EMA generator parameters as numpy arrays, step) of the given checkpoint of a run, or of
+  its newest readable one (unreadable newer ones are set aside, as when training resumes), on
+  any number of devices."""
   if not os.path.isdir(checkpoint_dir(workdir)):
     raise CheckpointError(f'No checkpoints in {checkpoint_dir(workdir)}: train first with '
                           f'`python -m mmali_jax.main --config=... --workdir={workdir}`.')
   manager = _manager(workdir)
-  args = ocp.args.Composite(ema=ocp.args.StandardRestore())
   try:
     if step is None:
-      found = _restore_newest_readable(manager, workdir, lambda s: manager.restore(s, args=args))
+      found = _restore_newest_readable(manager, workdir,
+                                       lambda s: _restore_ema_to_host(manager, s))
       if found is None:
         raise CheckpointError(f'No checkpoint in {checkpoint_dir(workdir)}: train first with '
                               f'`python -m mmali_jax.main --config=... --workdir={workdir}`.')
@@ -167,7 +181,7 @@ def restore_ema(workdir, step=None):
         raise CheckpointError(f'No checkpoint at step {step} in {checkpoint_dir(workdir)}; '
                               f'available steps: {list(steps)}.')
       try:
-        restored = manager.restore(step, args=args)
+        restored = _restore_ema_to_host(manager, step)
       except Exception as err:  # pylint: disable=broad-except
         raise CheckpointError(
             f'The checkpoint at step {step} ({checkpoint_dir(workdir) / str(step)}) cannot be '

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import flax
+import jax
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -134,6 +137,44 @@ def test_evaluate_command_on_a_directory_that_is_not_a_run(tmp_path):
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert 'is not a training workdir' in result.stderr
+
+
+_RESTORE_ON_ONE_DEVICE = """
+import sys
+import numpy as np
+import jax
+from mmali_jax import checkpointing
+assert jax.device_count() == 1
+ema, step = checkpointing.restore_ema(sys.argv[1])
+np.savez(sys.argv[2], step=step, **{jax.tree_util.keystr(p): x
+                                    for p, x in jax.tree_util.tree_leaves_with_path(ema)})
+"""
+
+
+def test_a_run_trained_on_eight_devices_is_evaluated_on_one(tmp_path):
+  """As after training on a multi-GPU machine: its checkpoint restores on a 1-device machine."""
+  config = small_config('multimnist', 'modalities=2', num_train_steps=1, checkpoint_every_steps=1,
+                        num_devices=8)
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=24):
+    state = train.train_and_evaluate(config, workdir)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             TF_CPP_MIN_LOG_LEVEL='2')
+  result = subprocess.run([sys.executable, '-c', _RESTORE_ON_ONE_DEVICE, workdir,
+                           str(tmp_path / 'ema.npz')], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  restored = dict(np.load(tmp_path / 'ema.npz'))
+  assert restored.pop('step') == 1
+  trained = {jax.tree_util.keystr(p): np.asarray(x)
+             for p, x in jax.tree_util.tree_leaves_with_path(
+                 flax.serialization.to_state_dict(state.ema_params))}
+  assert restored.keys() == trained.keys()
+  for key, value in trained.items():
+    np.testing.assert_array_equal(restored[key], value, err_msg=key)
+  # Nothing was set aside as unreadable.
+  assert not os.path.exists(checkpointing.unreadable_dir(workdir))
+  assert checkpointing.restore_ema(workdir)[1] == 1
 
 
 def test_paper_values_pick_the_right_table():
