@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import flax
-import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -141,13 +140,13 @@ def test_evaluate_command_on_a_directory_that_is_not_a_run(tmp_path):
 
 _RESTORE_ON_ONE_DEVICE = """
 import sys
-import numpy as np
+from flax import traverse_util
 import jax
+import numpy as np
 from mmali_jax import checkpointing
 assert jax.device_count() == 1
 ema, step = checkpointing.restore_ema(sys.argv[1])
-np.savez(sys.argv[2], step=step, **{jax.tree_util.keystr(p): x
-                                    for p, x in jax.tree_util.tree_leaves_with_path(ema)})
+np.savez(sys.argv[2], step=step, **traverse_util.flatten_dict(ema, sep='/'))
 """
 
 
@@ -166,9 +165,8 @@ def test_a_run_trained_on_eight_devices_is_evaluated_on_one(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   restored = dict(np.load(tmp_path / 'ema.npz'))
   assert restored.pop('step') == 1
-  trained = {jax.tree_util.keystr(p): np.asarray(x)
-             for p, x in jax.tree_util.tree_leaves_with_path(
-                 flax.serialization.to_state_dict(state.ema_params))}
+  trained = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(state.ema_params),
+                                            sep='/')
   assert restored.keys() == trained.keys()
   for key, value in trained.items():
     np.testing.assert_array_equal(restored[key], value, err_msg=key)
