@@ -1,6 +1,8 @@
 """Coherence classifiers: architectures, training with a held-out selection set, checkpoints."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from mmali_jax import default_config
 from mmali_jax.evaluators import classifiers
 from mmali_jax.models import mnist
 from mmali_jax.models import svhn
+from tests.conftest import ROOT
 
 
 def _squares(labels, seed, size=28, channels=1):
@@ -122,6 +125,43 @@ def test_save_load_round_trip_and_missing_message(tmp_path):
   message = str(error.value)
   assert 'python -m mmali_jax.classifiers --config=' in message
   assert f'--workdir={tmp_path}' in message and 'mnist_rot1' in message
+
+
+_PREDICT_ON_ONE_DEVICE = """
+import sys
+import ml_collections
+import numpy as np
+from mmali_jax import default_config
+from mmali_jax.evaluators import classifiers
+config = ml_collections.ConfigDict(dict(modalities=[default_config.modality('0mnist', 'mnist',
+                                                                            'mnist')]))
+predict = classifiers.load_classifiers(config, sys.argv[1])['0mnist']
+np.save(sys.argv[3], np.asarray(predict(np.load(sys.argv[2]))))
+"""
+
+
+def test_classifiers_trained_on_another_device_are_used_on_this_one(tmp_path):
+  """As when the classifiers were trained on a GPU and the run is evaluated on a CPU machine: the
+  checkpoint names a device (here cpu:5 of 8) that the evaluating process does not have."""
+  labels = np.arange(120, dtype=np.int32) % 10
+  images = _squares(labels, 0)
+  result = classifiers.train_classifier(images, labels, images[:40], labels[:40], 'mnist',
+                                        epochs=1, batch_size=32, seed=0, holdout=20,
+                                        log_fn=lambda msg: None)
+  result['variables'] = jax.device_put(result['variables'], jax.devices()[5])
+  classifier_dir = tmp_path / 'classifiers'
+  classifiers.save_classifier(result, classifier_dir / 'mnist_rot0')
+  x = images[:32].astype(np.float32) / 255.0
+  np.save(tmp_path / 'x.npy', x)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             TF_CPP_MIN_LOG_LEVEL='2')
+  run = subprocess.run([sys.executable, '-c', _PREDICT_ON_ONE_DEVICE, str(classifier_dir),
+                        str(tmp_path / 'x.npy'), str(tmp_path / 'predicted.npy')],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                       check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  expected = jnp.argmax(mnist.Classifier().apply(result['variables'], x), axis=-1)
+  np.testing.assert_array_equal(np.load(tmp_path / 'predicted.npy'), expected)
 
 
 def test_train_all_trains_one_per_rotation_and_keeps_existing(tmp_path, monkeypatch):

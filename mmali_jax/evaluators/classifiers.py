@@ -189,8 +189,11 @@ def load_classifiers(config, classifier_dir):
       model = make_classifier(modality.network)
       abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                                 jnp.zeros([1] + report['input_shape'], jnp.float32))
-      abstract = {k: v for k, v in abstract.items() if k in ('params', 'batch_stats')}
-      variables = checkpointer.restore(path, abstract)
+      # Restored as host arrays, not into the saved sharding: that names the training device
+      # (e.g. cuda:0), which the evaluating machine may not have.
+      target = {k: jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), v)
+                for k, v in abstract.items() if k in ('params', 'batch_stats')}
+      variables = jax.device_put(checkpointer.restore(path, target))
       predict_fns[modality.name] = _predict_fn(model, variables)
   return predict_fns
 
