@@ -12,6 +12,7 @@ import sys
 import time
 import types
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -68,13 +69,15 @@ def _wait_for_checkpoint(workdir, process, timeout=300, in_progress=False):
 
 
 def _final_arrays(workdir):
+  """Every array of the run's last checkpoint, as host numpy arrays keyed by item and path."""
   arrays = {}
-  with ocp.PyTreeCheckpointer() as checkpointer:
+  with ocp.StandardCheckpointer() as checkpointer:
     for item in ('train', 'ema'):
-      tree = checkpointer.restore(os.path.join(workdir, 'checkpoints', str(STEPS), item))
-      flat, _ = __import__('jax').tree_util.tree_flatten_with_path(tree)
-      arrays.update({f'{item}{__import__("jax").tree_util.keystr(p)}': np.asarray(v)
-                     for p, v in flat})
+      path = os.path.join(workdir, 'checkpoints', str(STEPS), item)
+      saved = checkpointer.metadata(path).item_metadata.tree
+      tree = checkpointer.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved))
+      flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+      arrays.update({f'{item}{jax.tree_util.keystr(p)}': v for p, v in flat})
   return arrays
 
 
