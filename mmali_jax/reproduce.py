@@ -64,9 +64,6 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown runs {unknown}; this sweep has {sorted(runs)}.')
   os.makedirs(FLAGS.root, exist_ok=True)
-  classifier_dir = os.path.join(os.path.abspath(FLAGS.root), 'classifiers')
-  for config in runs.values():
-    config.eval.classifier_dir = classifier_dir
   if not FLAGS.aggregate_only:
     console.run(tables.train_classifiers, runs, FLAGS.root)
     if FLAGS.classifiers_only:

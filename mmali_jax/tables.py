@@ -41,6 +41,9 @@ def run_name(modalities, kind, seed):
   return f'mm{modalities}_{kind}_seed{seed}'
 
 
+SHARED_CLASSIFIERS = os.path.join(os.pardir, 'classifiers')
+
+
 def table1_runs(make_config, seeds, modalities=(2, 3, 4), overrides=None):
   """{run name: config} of Table 1. make_config(arg) is configs/multimnist.py's get_config;
   overrides: {dotted field: value} applied to every run (e.g. num_train_steps)."""
@@ -50,6 +53,9 @@ def table1_runs(make_config, seeds, modalities=(2, 3, 4), overrides=None):
       for seed in range(seeds):
         config = make_config(f'modalities={num},discriminator={kind}')
         config.seed = seed
+        # The runs share root/classifiers (train_classifiers), named relative to each run so
+        # that a copied or moved root still evaluates with them.
+        config.eval.classifier_dir = SHARED_CLASSIFIERS
         for key, value in (overrides or {}).items():
           _set(config, key, value)
         runs[run_name(num, kind, seed)] = config

@@ -2,11 +2,14 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from mmali_jax import checkpointing
+from mmali_jax import evaluate
 from mmali_jax import tables
 from mmali_jax import train
 from tests.conftest import small_config
@@ -26,29 +29,28 @@ def _tiny(arg):
 
 
 def test_table1_sweep_on_generated_data(tmp_path):
-  root = str(tmp_path)
+  root = str(tmp_path / 'trained_here')
   runs = tables.table1_runs(_tiny, seeds=2, modalities=(2,))
   assert sorted(runs) == sorted(f'mm2_{k}_seed{s}' for k in ('factorized', 'monolithic')
                                 for s in (0, 1))
   assert runs['mm2_monolithic_seed1'].seed == 1
-  for config in runs.values():
-    config.eval.classifier_dir = os.path.join(root, 'classifiers')
   with tfds.testing.mock_data(num_examples=24):
     tables.train_classifiers(runs, root)
-    assert sorted(os.listdir(tmp_path / 'classifiers')) == [
+    assert sorted(os.listdir(os.path.join(root, 'classifiers'))) == [
         'mnist_rot0', 'mnist_rot1']  # trained once, for every rotation
     started = tables.train_and_evaluate_runs(runs, root, train.train_and_evaluate)
     text = tables.aggregate(runs, root)
   assert sorted(started) == sorted(runs)
-  assert (tmp_path / 'table1.png').stat().st_size > 0
-  assert (tmp_path / 'table1.md').read_text() == text
+  assert os.path.getsize(os.path.join(root, 'table1.png')) > 0
+  with open(os.path.join(root, 'table1.md')) as f:
+    assert f.read() == text
 
   # Every cell is the mean and sample standard deviation of its two runs' metrics.
   section = text.split('## final epoch (headline)')[1].split('##')[0]
   for kind, label in (('factorized', 'Factorized'), ('monolithic', 'Joint (monolithic)')):
     values = []
     for seed in (0, 1):
-      with open(tmp_path / f'mm2_{kind}_seed{seed}' / 'eval' / 'metrics_step_2.json') as f:
+      with open(os.path.join(root, f'mm2_{kind}_seed{seed}', 'eval', 'metrics_step_2.json')) as f:
         values.append(json.load(f)['latent/0mnist/both/final_test_accuracy'])
     row = [l for l in section.splitlines() if l.startswith(f'| {label} |')][0]
     cell = row.split('|')[2]
@@ -61,6 +63,18 @@ def test_table1_sweep_on_generated_data(tmp_path):
     raise AssertionError(f'{workdir} was trained again')
 
   assert tables.train_and_evaluate_runs(runs, root, must_not_train) == []
+
+  # The sweep copied to another machine: `python -m mmali_jax.evaluate` on one of its runs still
+  # finds the shared classifiers, and computes the same coherence as the sweep did.
+  with open(os.path.join(root, 'mm2_factorized_seed0', 'eval', 'metrics_step_2.json')) as f:
+    swept = {k: v for k, v in json.load(f).items() if k.startswith('coherence/')}
+  assert swept
+  copied = str(tmp_path / 'copied_there')
+  shutil.move(root, copied)
+  workdir = os.path.join(copied, 'mm2_factorized_seed0')
+  with tfds.testing.mock_data(num_examples=24):
+    metrics = evaluate.evaluate(checkpointing.load_config(workdir), workdir)
+  assert {k: v for k, v in metrics.items() if k.startswith('coherence/')} == pytest.approx(swept)
 
 
 def test_table_has_a_column_per_modality_count_and_a_dash_for_missing_cells():

@@ -58,7 +58,9 @@ class Evaluator:
     self.workdir = workdir
     self.eval_cfg = default_config.eval_config(config)
     self.chosen = tuple(self.eval_cfg.evaluators)
-    self.classifier_dir = self.eval_cfg.classifier_dir or os.path.join(workdir, 'classifiers')
+    # A relative classifier_dir is the run's own (the sweep's '../classifiers'): the run keeps
+    # finding its classifiers after its folder is copied to another machine.
+    self.classifier_dir = os.path.join(workdir, self.eval_cfg.classifier_dir or 'classifiers')
     self.out_dir = os.path.join(workdir, 'eval')
     self._built = False
 
