@@ -107,9 +107,9 @@ def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
     evaluate.evaluate(config, str(tmp_path))
 
 
-def _evaluate_command(*args):
+def _evaluate_command(*args, env=None):
   return subprocess.run([sys.executable, '-m', 'mmali_jax.evaluate', *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300, check=False)
+                        capture_output=True, text=True, timeout=300, check=False, env=env)
 
 
 def test_evaluate_command_overrides_the_stored_config(tmp_path):
@@ -129,6 +129,15 @@ def test_evaluate_command_overrides_the_stored_config(tmp_path):
   assert 'old_data' not in result.stderr
   assert checkpointing.load_config(str(tmp_path / 'run')).data.tfds_data_dir == str(
       tmp_path / 'old_data')  # the stored config is not rewritten by an override
+  # An empty value goes back to TFDS's default folder ($TFDS_DATA_DIR here).
+  default = tmp_path / 'default_data'
+  result = _evaluate_command(f'--workdir={tmp_path / "run"}', '--config.data.tfds_data_dir=',
+                             env=dict(os.environ, TFDS_DATA_DIR=str(default)))
+  assert result.returncode == 1, result.stderr
+  assert 'Traceback' not in result.stderr
+  assert f'{default} (the TFDS default)' in result.stderr
+  assert str(default / 'downloads' / 'manual') in result.stderr
+  assert 'old_data' not in result.stderr
 
 
 def test_evaluate_command_on_a_directory_that_is_not_a_run(tmp_path):

@@ -56,10 +56,10 @@ def load_split(dataset, split, data_dir=None, feature=None):
   [N, H, W, C]. Otherwise the named feature of every example, as stored (e.g. float32
   [N, 10, 1024] for 'caption_embeddings'), with the 'label' feature.
   The arrays are shared between callers (MultiMNIST loads MNIST train once per modality), so they
-  are returned read-only.
+  are returned read-only. An empty data_dir is TFDS's default, as None (so that
+  `--config.data.tfds_data_dir=` undoes a folder stored with a run made on another machine).
   """
-  return _load_split_cached(dataset, split, None if data_dir is None else os.fspath(data_dir),
-                            feature)
+  return _load_split_cached(dataset, split, os.fspath(data_dir) if data_dir else None, feature)
 
 
 def clear_cache():
@@ -68,8 +68,8 @@ def clear_cache():
 
 
 def data_dir_root(data_dir):
-  """The directory TFDS uses for `data_dir` (its default when None)."""
-  if data_dir is None:
+  """The directory TFDS uses for `data_dir` (its default when None or empty)."""
+  if not data_dir:
     data_dir = os.environ.get('TFDS_DATA_DIR') or os.path.join('~', 'tensorflow_datasets')
   return os.path.expanduser(os.fspath(data_dir))
 
