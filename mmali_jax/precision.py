@@ -7,7 +7,11 @@ matmul and convolution of the step (forward, backward and spectral-norm power it
 takes its operands rounded to TF32's 10-bit mantissa (to nearest, ties to even) and accumulates in
 float32. It measures TF32's effect on training where no TF32 hardware is at hand (docs/algorithm.md
 §5.3); it is slower than either, not a way to train faster.
+
+Evaluation always computes in full float32 (`evaluation`).
 """
+import contextlib
+
 import jax
 from jax import lax
 from jax.extend import core
@@ -19,6 +23,17 @@ _MATMULS = (lax.dot_general_p, lax.conv_general_dilated_p)
 # custom derivative rule's primal is all that is needed.
 _INLINED = {'pjit': 'jaxpr', 'closed_call': 'call_jaxpr', 'core_call': 'call_jaxpr',
             'custom_jvp_call': 'call_jaxpr', 'custom_vjp_call': 'call_jaxpr', 'remat2': 'jaxpr'}
+
+
+@contextlib.contextmanager
+def evaluation():
+  """The precision of everything that measures a model (the evaluators, the coherence
+  classifiers' training and predictions): full float32 on every backend, whatever the run trained
+  with. JAX's own default computes float32 matmuls in TF32 on recent GPUs and in bfloat16 passes
+  on TPU, so a checkpoint's metrics would depend on the machine that evaluated it. A context
+  manager, or a decorator."""
+  with jax.default_matmul_precision('highest'):
+    yield
 
 
 def jax_precision(name):

@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import flax
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from mmali_jax import checkpointing
 from mmali_jax import evaluate
+from mmali_jax import images
 from mmali_jax import train
 from mmali_jax.evaluators import classifiers
 from mmali_jax.evaluators import evaluator
@@ -88,6 +90,29 @@ def test_one_evaluator_scores_new_parameters_without_rebuilding(tmp_path):
   assert scorer._encode._cache_size() == compiled  # pylint: disable=protected-access
   # ... and the second parameters drew a different figure.
   assert (tmp_path / 'eval' / 'figure3.png').read_bytes() != figure
+
+
+def test_evaluation_computes_in_float32_whatever_the_default(tmp_path, monkeypatch):
+  """JAX's default precision is TF32 on recent GPUs and bfloat16 passes on TPU: the evaluators and
+  the coherence classifiers set full float32 themselves, so a checkpoint's metrics do not depend
+  on the machine that computed them."""
+  config = _eval_settings(small_config('multimnist', 'modalities=2', num_train_steps=1,
+                                       checkpoint_every_steps=1))
+  seen = []
+  real_to_float = images.to_float
+
+  def spy(x):  # every image the evaluation feeds a network goes through it
+    seen.append(jax.config.jax_default_matmul_precision)
+    return real_to_float(x)
+
+  with tfds.testing.mock_data(num_examples=24):
+    train.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.setattr(images, 'to_float', spy)
+    with jax.default_matmul_precision('bfloat16'):
+      classifiers.train_all(config, str(tmp_path / 'classifiers'))
+      metrics = evaluate.evaluate(config, str(tmp_path))
+  assert 'coherence/joint' in metrics and 'latent/0mnist/both/final_test_accuracy' in metrics
+  assert seen and set(seen) == {'highest'}
 
 
 def test_evaluate_without_classifiers_says_how_to_train_them(tmp_path):

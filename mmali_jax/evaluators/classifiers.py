@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from mmali_jax import config_checks
 from mmali_jax import default_config
 from mmali_jax import images as images_lib
+from mmali_jax import precision
 from mmali_jax.data import pipeline
 from mmali_jax.evaluators import common
 from mmali_jax.models import registry
@@ -49,6 +50,7 @@ def classifier_key(modality):
   return f'{modality.dataset}_rot{int(modality.rotation)}'
 
 
+@precision.evaluation()
 def train_classifier(images, labels, test_images, test_labels, network, *, epochs, batch_size=256,
                      lr=1e-3, seed=0, holdout=5000, eval_batch_size=1000, log_fn=logging.info):
   """Trains the classifier for `network` with Adam(lr, 0.9, 0.999) on images (uint8 NHWC).
@@ -201,7 +203,7 @@ def load_classifiers(config, classifier_dir):
 def _predict_fn(model, variables):
   apply = jax.jit(lambda v, x: jnp.argmax(
       model.apply(v, images_lib.to_float(x), train=False), axis=-1))
-  return lambda x: apply(variables, x)
+  return precision.evaluation()(lambda x: apply(variables, x))
 
 
 def distinct_classifiers(config):

@@ -29,6 +29,7 @@ from mmali_jax import default_config
 from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import posterior
+from mmali_jax import precision
 from mmali_jax.data import pipeline
 from mmali_jax.data import sources
 from mmali_jax.evaluators import classifiers as classifiers_lib
@@ -141,6 +142,7 @@ class Evaluator:
           batch_size=self.eval_cfg.batch_size)
     return self._coherence
 
+  @precision.evaluation()
   def run(self, ema_params, step):
     """Every evaluator on `ema_params` (the EMA encoders/decoders); writes and returns metrics."""
     if not self._built:
