@@ -1,7 +1,12 @@
 """Console hygiene shared by the command-line programs."""
 import logging
+import os
 import re
 import sys
+
+# Config paths that a command line names relative to the directory it runs in. Stored with a
+# run, a relative classifier_dir is relative to the run (the Table 1 sweep's '../classifiers').
+_COMMAND_LINE_PATHS = ('eval.classifier_dir',)
 
 
 def _project_or_warning(record):
@@ -42,12 +47,14 @@ def run(fn, *args):
     raise SystemExit(preemption.EXIT_PREEMPTED) from None
 
 
-def parse_flags(argv):
-  """absl's flag parsing, where an unknown config field (--config.FIELD=...) is one message
-  naming the field and the closest valid one, not a traceback."""
+def parse_flags(argv, flag_values=None):
+  """absl's flag parsing (into absl's FLAGS by default), where an unknown config field
+  (--config.FIELD=...) is one message naming the field and the closest valid one, not a
+  traceback, and a classifier_dir override is made absolute."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
   try:
-    return flags.FLAGS(argv)
+    remaining = flag_values(argv)
   except flags.Error as err:  # as absl's own parser: the message and how to get help
     raise SystemExit(f'FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see '
                      'help on flags.') from None
@@ -62,3 +69,20 @@ def parse_flags(argv):
     hint = (hint.group() + '?') if hint else ('See configs/*.py and mmali_jax/default_config.py '
                                               'for the fields.')
     raise SystemExit(f'Error: {culprit}: there is no such config field. {hint}') from None
+  _absolute_command_line_paths(flag_values)
+  return remaining
+
+
+def _absolute_command_line_paths(flag_values):
+  if 'config' not in flag_values:
+    return
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  overrides = config_flags.get_override_values(flag_values['config'])
+  for field in _COMMAND_LINE_PATHS:
+    value = overrides.get(field)
+    if value and not os.path.isabs(value):
+      *path, leaf = field.split('.')
+      target = flag_values.config
+      for part in path:
+        target = target[part]
+      target[leaf] = os.path.abspath(value)

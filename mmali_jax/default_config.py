@@ -164,7 +164,8 @@ def eval_defaults():
       # Periodic evaluation during training, and after its last step (the reference's
       # eval_interval); 0 = no evaluation during training.
       every_steps=50_000,
-      # Default: <workdir>/classifiers; a relative path is relative to the workdir.
+      # Default: <workdir>/classifiers. A relative path is relative to the workdir; typed on a
+      # command line (--config.eval.classifier_dir=...), relative to where it runs.
       classifier_dir=ml_collections.config_dict.placeholder(str),
       # The reference trains 100 epochs; MNIST's is at 98.75% after 30 (docs/algorithm.md §9).
       classifier_epochs=30,

@@ -53,11 +53,11 @@ def table1_runs(make_config, seeds, modalities=(2, 3, 4), overrides=None):
       for seed in range(seeds):
         config = make_config(f'modalities={num},discriminator={kind}')
         config.seed = seed
+        for key, value in (overrides or {}).items():
+          _set(config, key, value)
         # The runs share root/classifiers (train_classifiers), named relative to each run so
         # that a copied or moved root still evaluates with them.
         config.eval.classifier_dir = SHARED_CLASSIFIERS
-        for key, value in (overrides or {}).items():
-          _set(config, key, value)
         runs[run_name(num, kind, seed)] = config
   return runs
 

@@ -4,13 +4,17 @@ import os
 import subprocess
 import sys
 
+from absl import flags
 import flax
 import jax
+from ml_collections import config_flags
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from mmali_jax import checkpointing
+from mmali_jax import console
+from mmali_jax import default_config
 from mmali_jax import evaluate
 from mmali_jax import images
 from mmali_jax import train
@@ -207,6 +211,26 @@ def test_a_run_trained_on_eight_devices_is_evaluated_on_one(tmp_path):
   # Nothing was set aside as unreadable.
   assert not os.path.exists(checkpointing.unreadable_dir(workdir))
   assert checkpointing.restore_ema(workdir)[1] == 1
+
+
+def test_a_classifier_dir_given_on_the_command_line_is_relative_to_where_it_runs(
+    tmp_path, monkeypatch):
+  """Stored with a run, a relative classifier_dir is relative to the run (the Table 1 sweep's
+  '../classifiers'); typed on a command line, it is relative to the directory it runs in."""
+  monkeypatch.chdir(tmp_path)
+  argv = ['main', '--config.eval.classifier_dir=shared/classifiers']
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict('config', default_config.base_config(),
+                                  flag_values=flag_values, sys_argv=argv)
+  console.parse_flags(argv, flag_values)
+  config = flag_values.config
+  assert config.eval.classifier_dir == str(tmp_path / 'shared' / 'classifiers')
+  assert evaluator.Evaluator(config, 'run').classifier_dir == str(
+      tmp_path / 'shared' / 'classifiers')
+  config.eval.classifier_dir = '../classifiers'
+  assert evaluator.Evaluator(config, 'run').classifier_dir == 'classifiers'
+  assert evaluator.Evaluator(config, str(tmp_path / 'run')).classifier_dir == str(
+      tmp_path / 'classifiers')
 
 
 def test_paper_values_pick_the_right_table():

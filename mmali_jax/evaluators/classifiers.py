@@ -155,7 +155,8 @@ def save_classifier(result, directory):
 
 def _missing(classifier_dir, modality, what):
   parent, base = os.path.split(os.path.normpath(classifier_dir))
-  where = f'--workdir={parent}' if base == 'classifiers' else f'--classifier_dir={classifier_dir}'
+  where = (f'--workdir={parent or os.curdir}' if base == 'classifiers' else
+           f'--classifier_dir={classifier_dir}')
   return FileNotFoundError(
       f'No coherence classifier for modality {modality.name!r} ({what} under '
       f'{os.path.join(classifier_dir, classifier_key(modality))}). Train the classifiers first: '

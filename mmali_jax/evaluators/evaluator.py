@@ -61,7 +61,8 @@ class Evaluator:
     self.chosen = tuple(self.eval_cfg.evaluators)
     # A relative classifier_dir is the run's own (the sweep's '../classifiers'): the run keeps
     # finding its classifiers after its folder is copied to another machine.
-    self.classifier_dir = os.path.join(workdir, self.eval_cfg.classifier_dir or 'classifiers')
+    self.classifier_dir = os.path.normpath(
+        os.path.join(workdir, self.eval_cfg.classifier_dir or 'classifiers'))
     self.out_dir = os.path.join(workdir, 'eval')
     self._built = False
 
