@@ -150,12 +150,17 @@ class Checkpointer:
       self.manager.close()
 
 
+def host_target(tree):
+  """A restore target of numpy arrays shaped as `tree`'s leaves (arrays, shape-dtype structs or
+  a checkpoint's metadata): orbax restores into host memory, on any devices. Restoring into the
+  saved shardings needs the saving run's devices (cuda:0, or 8 of them)."""
+  return jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), tree)
+
+
 def _restore_ema_to_host(manager, step):
   """The EMA parameters of checkpoint `step` as host numpy arrays, as training hands them to the
-  evaluators: restoring into the saved shardings would need the saving run's devices (a run
-  trained on 8 GPUs is evaluated on a 1-device machine)."""
-  saved = manager.item_metadata(step)['ema'].tree
-  target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved)
+  evaluators (a run trained on 8 GPUs is evaluated on a 1-device machine)."""
+  target = host_target(manager.item_metadata(step)['ema'].tree)
   return manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(target)))
 
 

@@ -4,10 +4,6 @@ import os
 import re
 import sys
 
-# Config paths that a command line names relative to the directory it runs in. Stored with a
-# run, a relative classifier_dir is relative to the run (the Table 1 sweep's '../classifiers').
-_COMMAND_LINE_PATHS = ('eval.classifier_dir',)
-
 
 def _project_or_warning(record):
   """Keeps INFO records of this project and clu; other libraries only from WARNING up."""
@@ -69,20 +65,16 @@ def parse_flags(argv, flag_values=None):
     hint = (hint.group() + '?') if hint else ('See configs/*.py and mmali_jax/default_config.py '
                                               'for the fields.')
     raise SystemExit(f'Error: {culprit}: there is no such config field. {hint}') from None
-  _absolute_command_line_paths(flag_values)
+  _absolute_classifier_dir(flag_values)
   return remaining
 
 
-def _absolute_command_line_paths(flag_values):
+def _absolute_classifier_dir(flag_values):
+  """A classifier_dir typed on the command line is relative to where it runs; stored with a run,
+  a relative one is relative to the run (the Table 1 sweep's '../classifiers')."""
   if 'config' not in flag_values:
     return
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  overrides = config_flags.get_override_values(flag_values['config'])
-  for field in _COMMAND_LINE_PATHS:
-    value = overrides.get(field)
-    if value and not os.path.isabs(value):
-      *path, leaf = field.split('.')
-      target = flag_values.config
-      for part in path:
-        target = target[part]
-      target[leaf] = os.path.abspath(value)
+  value = config_flags.get_override_values(flag_values['config']).get('eval.classifier_dir')
+  if value and not os.path.isabs(value):
+    flag_values.config.eval.classifier_dir = os.path.abspath(value)

@@ -2,6 +2,8 @@
 import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 # Must happen before JAX initialises its backends; a process that chose its own device count
 # (tests/multiprocess_worker.py) keeps it.
@@ -34,6 +36,16 @@ if not jax.config.jax_compilation_cache_dir:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_on_one_device(script, *args):
+  """`python -c script args` in a process with one CPU device (another machine than the
+  8-device test process); fails the test with its stderr if it fails."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             TF_CPP_MIN_LOG_LEVEL='2')
+  result = subprocess.run([sys.executable, '-c', script, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
 
 
 def load_config(name, arg=None):

@@ -1,8 +1,6 @@
 """Coherence classifiers: architectures, training with a held-out selection set, checkpoints."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +12,7 @@ from mmali_jax import default_config
 from mmali_jax.evaluators import classifiers
 from mmali_jax.models import mnist
 from mmali_jax.models import svhn
-from tests.conftest import ROOT
+from tests.conftest import run_on_one_device
 
 
 def _squares(labels, seed, size=28, channels=1):
@@ -153,13 +151,8 @@ def test_classifiers_trained_on_another_device_are_used_on_this_one(tmp_path):
   classifiers.save_classifier(result, classifier_dir / 'mnist_rot0')
   x = images[:32].astype(np.float32) / 255.0
   np.save(tmp_path / 'x.npy', x)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             TF_CPP_MIN_LOG_LEVEL='2')
-  run = subprocess.run([sys.executable, '-c', _PREDICT_ON_ONE_DEVICE, str(classifier_dir),
-                        str(tmp_path / 'x.npy'), str(tmp_path / 'predicted.npy')],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                       check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
+  run_on_one_device(_PREDICT_ON_ONE_DEVICE, classifier_dir, tmp_path / 'x.npy',
+                    tmp_path / 'predicted.npy')
   expected = jnp.argmax(mnist.Classifier().apply(result['variables'], x), axis=-1)
   np.testing.assert_array_equal(np.load(tmp_path / 'predicted.npy'), expected)
 

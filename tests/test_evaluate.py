@@ -22,6 +22,7 @@ from mmali_jax.evaluators import classifiers
 from mmali_jax.evaluators import evaluator
 from mmali_jax.evaluators import report
 from tests.conftest import ROOT
+from tests.conftest import run_on_one_device
 from tests.conftest import small_config
 
 
@@ -195,12 +196,7 @@ def test_a_run_trained_on_eight_devices_is_evaluated_on_one(tmp_path):
   workdir = str(tmp_path / 'run')
   with tfds.testing.mock_data(num_examples=24):
     state = train.train_and_evaluate(config, workdir)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             TF_CPP_MIN_LOG_LEVEL='2')
-  result = subprocess.run([sys.executable, '-c', _RESTORE_ON_ONE_DEVICE, workdir,
-                           str(tmp_path / 'ema.npz')], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_on_one_device(_RESTORE_ON_ONE_DEVICE, workdir, tmp_path / 'ema.npz')
   restored = dict(np.load(tmp_path / 'ema.npz'))
   assert restored.pop('step') == 1
   trained = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(state.ema_params),

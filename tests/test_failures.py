@@ -74,8 +74,8 @@ def _final_arrays(workdir):
   with ocp.StandardCheckpointer() as checkpointer:
     for item in ('train', 'ema'):
       path = os.path.join(workdir, 'checkpoints', str(STEPS), item)
-      saved = checkpointer.metadata(path).item_metadata.tree
-      tree = checkpointer.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved))
+      tree = checkpointer.restore(
+          path, checkpointing.host_target(checkpointer.metadata(path).item_metadata.tree))
       flat, _ = jax.tree_util.tree_flatten_with_path(tree)
       arrays.update({f'{item}{jax.tree_util.keystr(p)}': v for p, v in flat})
   return arrays

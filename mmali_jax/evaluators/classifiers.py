@@ -31,6 +31,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mmali_jax import checkpointing
 from mmali_jax import config_checks
 from mmali_jax import default_config
 from mmali_jax import images as images_lib
@@ -192,10 +193,9 @@ def load_classifiers(config, classifier_dir):
       model = make_classifier(modality.network)
       abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                                 jnp.zeros([1] + report['input_shape'], jnp.float32))
-      # Restored as host arrays, not into the saved sharding: that names the training device
-      # (e.g. cuda:0), which the evaluating machine may not have.
-      target = {k: jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), v)
-                for k, v in abstract.items() if k in ('params', 'batch_stats')}
+      # Not into the saved sharding: that names the training device (e.g. cuda:0).
+      target = checkpointing.host_target(
+          {k: v for k, v in abstract.items() if k in ('params', 'batch_stats')})
       variables = jax.device_put(checkpointer.restore(path, target))
       predict_fns[modality.name] = _predict_fn(model, variables)
   return predict_fns
