@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One training run on a Cloud TPU VM slice: the same command on every worker of the slice; JAX's
-# distributed runtime finds the other workers itself (no flags needed).
+# distributed runtime finds the other workers itself (--auto_distributed: through the VM's
+# metadata server, which only JAX's own detection asks).
 #
 #   bash launch/tpu_vm.sh TPU_NAME ZONE configs/mnist_svhn.py /mnt/nfs/runs/ms [overrides]
 #
@@ -18,4 +19,4 @@ workdir=$4
 shift 4
 gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="\
   cd ~/mmali_jax && . .venv/bin/activate && \
-  python -m mmali_jax.main --config='$config' --workdir='$workdir' $*"
+  python -m mmali_jax.main --auto_distributed --config='$config' --workdir='$workdir' $*"

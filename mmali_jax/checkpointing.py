@@ -33,8 +33,14 @@ def checkpoint_dir(workdir):
   return epath.Path(os.path.abspath(workdir)) / 'checkpoints'
 
 
-def _manager(workdir, keep=None, create=False):
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+def _manager(workdir, keep=None, create=False, keep_every=None):
+  """keep: the newest checkpoints kept (None: all); keep_every: also every checkpoint whose
+  step is a multiple of it (the evaluated ones)."""
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if keep_every:
+    policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_every))
+  options = ocp.CheckpointManagerOptions(
+      create=create, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
   # Handlers named up front (not inferred from the first save or restore), so that a checkpoint's
   # metadata can be read before restoring it.
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
@@ -91,11 +97,12 @@ def _restore_newest_readable(manager, workdir, restore_fn):
 
 
 class Checkpointer:
-  """Saves every `checkpoint_every_steps` and restores the latest for resuming."""
+  """Saves every `checkpoint_every_steps` and restores the latest for resuming; keeps the newest
+  `keep` and every multiple of `keep_every` (the evaluated steps, to evaluate again later)."""
 
-  def __init__(self, workdir, keep):
+  def __init__(self, workdir, keep, keep_every=None):
     self.workdir = workdir
-    self.manager = _manager(workdir, keep=keep, create=True)
+    self.manager = _manager(workdir, keep=keep, create=True, keep_every=keep_every)
 
   def latest_step(self):
     return self.manager.latest_step()

@@ -5,6 +5,7 @@ import numbers
 from mmali_jax import default_config
 from mmali_jax import precision
 from mmali_jax.data import pairing
+from mmali_jax.evaluators import latent_probe
 from mmali_jax.models import registry
 
 # Modality names are processed in sorted order, which matches the order of the reference's keys
@@ -101,6 +102,40 @@ def check(config):
   _at_least(eval_config, ('cca_components', 'num_retrieval_examples', 'retrieval_neighbours'), 1)
   _in_range(eval_config, 'cca_epsilon', 0.0, float('inf'), high_open=True)
   _check_evaluators(config, eval_config)
+  parts = tuple(eval_config.probe_parts)
+  if 'latent_probe' in eval_config.evaluators and (
+      not parts or any(p not in latent_probe.PARTS for p in parts)):
+    raise ConfigError(f'config.eval.probe_parts={parts!r}: choose one or more of '
+                      f"{latent_probe.PARTS} ('both' is Tables 1 and 2; 'content' and 'style' are "
+                      'Table 3).')
+
+
+def check_holdout(config, field, num, what):
+  """config.eval.<field> (probe_holdout, classifier_holdout) leaves examples of `what` (num
+  training examples) to train on."""
+  holdout = default_config.eval_config(config)[field]
+  if holdout >= num:
+    raise ConfigError(f'config.eval.{field}={holdout} holds out all {num} training examples of '
+                      f'{what}; use a value below {num} (0: no held-out selection).')
+
+
+def check_training_data(config, dataset):
+  """Before training: there are training tuples, and the probe's and the classifiers' held-out
+  examples (taken from the modalities' training splits, which `dataset` holds) leave examples to
+  train on, so the first evaluation cannot fail on them."""
+  if not dataset.num_pairs:
+    raise ConfigError(
+        f'No training tuples: {dataset.names} share no class with examples left after '
+        f'config.data.percentage={config.data.percentage} and '
+        f'config.data.max_per_class={config.data.max_per_class}; raise them (or check the '
+        'datasets\' labels).')
+  eval_config = default_config.eval_config(config)
+  chosen = tuple(eval_config.evaluators) if eval_config.every_steps else ()  # 0: no evaluation
+  fields = [f for f, e in (('probe_holdout', 'latent_probe'), ('classifier_holdout', 'coherence'))
+            if e in chosen]
+  for data in dataset.modalities:
+    for field in fields:
+      check_holdout(config, field, len(data.images), f'modality {data.name!r}')
 
 
 # Evaluators and what they need of the modalities (mmali_jax/evaluators/evaluator.py).

@@ -34,22 +34,50 @@ class DistributedError(RuntimeError):
   """The distributed runtime could not start, or the processes do not agree."""
 
 
-def _detected_cluster():
-  """'SLURM' or 'Cloud TPU' when launched as a multi-process job there, else None."""
+def _detected_cluster(auto=False):
+  """'SLURM' or 'Cloud TPU' when launched as a multi-process job there; with `auto`, whatever
+  JAX's own detection finds (a Cloud TPU VM slice finds its workers through the VM's metadata
+  server, which only JAX asks); else None."""
   if int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_JOB_ID' in os.environ:
     return 'SLURM'
   if len(os.environ.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1:
     return 'Cloud TPU'
+  if auto:
+    return 'JAX-detected cluster'
   return None
 
 
-def initialize(coordinator_address=None, num_processes=None, process_id=None, timeout_s=300):
+def slurm_local_device_ids(environ):
+  """The GPUs this SLURM task drives, as jax.distributed.initialize's `local_device_ids`.
+
+  JAX's own SLURM detection gives each task only the GPU numbered SLURM_LOCALID, which is right
+  for one task per GPU with all of the node's GPUs visible (--ntasks-per-node=G
+  --gpus-per-node=G). It would leave G - 1 GPUs idle with one task per node (--ntasks-per-node=1
+  --gpus-per-node=G), and name a GPU the task cannot see with --gpus-per-task=1 (each task sees
+  one, numbered 0). None: JAX's choice is right, or there are no GPUs."""
+  visible = environ.get('CUDA_VISIBLE_DEVICES')
+  gpus = (len([d for d in visible.split(',') if d.strip()]) if visible is not None
+          else int(environ.get('SLURM_GPUS_ON_NODE', '0') or 0))
+  nodes = int(environ.get('SLURM_JOB_NUM_NODES') or environ.get('SLURM_NNODES') or 1)
+  tasks_per_node = int(environ.get('SLURM_NTASKS', '1')) // max(nodes, 1)
+  if gpus < 1:
+    return None
+  if tasks_per_node <= 1:
+    return list(range(gpus))
+  if gpus == 1:
+    return [0]
+  return None
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None, timeout_s=300,
+               auto=False):
   """Starts jax.distributed for a multi-process job; single-process runs need nothing.
 
   Explicit arguments win; otherwise a SLURM job with several tasks, or a Cloud TPU VM slice with
-  several workers, is detected. Returns the number of processes."""
+  several workers, is detected; `auto` leaves the detection to JAX (jax.distributed.initialize()
+  without arguments; launch/tpu_vm.sh). Returns the number of processes."""
   explicit = coordinator_address is not None or num_processes is not None
-  cluster = None if explicit else _detected_cluster()
+  cluster = None if explicit else _detected_cluster(auto)
   if not explicit and cluster is None:
     return 1
   if explicit and (coordinator_address is None or num_processes is None or process_id is None):
@@ -67,6 +95,8 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, ti
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
+                               local_device_ids=(slurm_local_device_ids(os.environ)
+                                                 if cluster == 'SLURM' else None),
                                initialization_timeout=int(timeout_s))
   except Exception as err:  # pylint: disable=broad-except
     where = coordinator_address or f'the coordinator {cluster} designates'

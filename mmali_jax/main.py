@@ -26,6 +26,9 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, for a multi-process job without SLURM or Cloud TPU.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes of the job.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 .. num_processes - 1.')
+flags.DEFINE_bool('auto_distributed', False,
+                  'Let JAX find the job\'s processes itself (jax.distributed.initialize() without '
+                  'arguments), as on a Cloud TPU VM slice (launch/tpu_vm.sh passes it).')
 flags.DEFINE_integer('distributed_timeout', 300,
                      'Seconds to wait for every process to join the job.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:args]).',
@@ -38,7 +41,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   console.quiet_libraries()
   console.run(distributed.initialize, FLAGS.coordinator_address, FLAGS.num_processes,
-              FLAGS.process_id, FLAGS.distributed_timeout)
+              FLAGS.process_id, FLAGS.distributed_timeout, FLAGS.auto_distributed)
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
   logging.info('Config:\n%s', FLAGS.config)

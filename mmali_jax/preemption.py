@@ -1,8 +1,11 @@
 """Stopping cleanly when the cluster preempts the job (SIGTERM, as SLURM and Cloud TPU send).
 
-The training loop asks `StopRequest.requested(step)` after every call into the device; once it
-says yes, the loop writes a checkpoint of that step, waits until it is on disk and raises
-`Preempted`, which the command line turns into a message and exit status `EXIT_PREEMPTED`.
+The training loop asks `StopRequest.requested(dispatch)` after every call into the device, with
+the number of calls made before it (0, 1, 2, ...: JAX's sync point is the highest number any
+process reported, plus one, so the numbers must go up by one whatever number of steps a call
+runs); once it says yes, the loop writes a checkpoint of that step, waits until it is on disk
+and raises `Preempted`, which the command line turns into a message and exit status
+`EXIT_PREEMPTED`.
 Re-running the same command resumes from that checkpoint.
 
 Single process: a SIGTERM handler sets a flag (a second SIGTERM while the checkpoint is written
@@ -36,9 +39,10 @@ class StopRequest:
     del frame
     self.reason = signal.Signals(signum).name
 
-  def requested(self, step):
+  def requested(self, dispatch):
+    """dispatch: this call's number, counted from 0 in this process, the same on all."""
     if self._multiprocess:
-      if multihost_utils.reached_preemption_sync_point(step):
+      if multihost_utils.reached_preemption_sync_point(dispatch):
         self.reason = 'a preemption notice (SIGTERM)'
     return self.reason is not None
 

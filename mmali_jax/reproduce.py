@@ -73,7 +73,7 @@ def main(argv):
                           train.train_and_evaluate)
     logging.info('Trained or resumed %d of %d runs.', len(started), len(selected))
   try:
-    print(tables.aggregate(runs, FLAGS.root))
+    print(console.run(tables.aggregate, runs, FLAGS.root))
   except FileNotFoundError as err:
     raise SystemExit(f'Error: {err}') from None
   print(f'Wrote {os.path.join(FLAGS.root, "table1.md")} and table1.png in '

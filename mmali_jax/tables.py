@@ -20,6 +20,7 @@ import numpy as np
 
 from mmali_jax import checkpointing
 from mmali_jax import default_config
+from mmali_jax import train
 from mmali_jax.evaluators import classifiers
 from mmali_jax.evaluators import evaluator as evaluator_lib
 from mmali_jax.evaluators import latent_probe
@@ -82,6 +83,28 @@ def train_classifiers(runs, root):
   return directory
 
 
+def _probe_settings(config):
+  """The evaluation settings that change Table 1's numbers."""
+  cfg = default_config.eval_config(config)
+  return {k: cfg[k] for k in ('probe_epochs', 'probe_batch_size', 'probe_lr', 'probe_holdout')}
+
+
+def _finished(config, workdir):
+  """Whether the run has its final evaluation. Only the run asked for counts: a stored config
+  that differs in more than the fields resuming allows (train.RESUMABLE_FIELDS: those that leave
+  the trained numbers unchanged) is refused with WorkdirConfigError, so a table never shows
+  other runs under this sweep's settings."""
+  if not os.path.exists(_final_metrics_path(workdir, config)):
+    return False
+  train.check_workdir_config(config, workdir, write=False)
+  stored = _probe_settings(checkpointing.load_config(workdir))
+  if stored != _probe_settings(config):
+    logging.warning('%s was evaluated with %s, not the %s asked for; the table shows what was '
+                    'computed (python -m mmali_jax.evaluate --workdir=%s --config.eval.FIELD=VALUE '
+                    're-evaluates it).', workdir, stored, _probe_settings(config), workdir)
+  return True
+
+
 def train_and_evaluate_runs(runs, root, train_fn):
   """Trains (or resumes) and evaluates every run that has no final evaluation yet.
 
@@ -90,7 +113,7 @@ def train_and_evaluate_runs(runs, root, train_fn):
   started = []
   for name, config in runs.items():
     workdir = os.path.join(root, name)
-    if os.path.exists(_final_metrics_path(workdir, config)):
+    if _finished(config, workdir):
       logging.info('%s: done (final evaluation found); skipped.', name)
       continue
     logging.info('%s: training to step %d.', name, config.num_train_steps)
@@ -108,7 +131,7 @@ def collect(runs, root):
   cells = {}
   for name, config in runs.items():
     path = _final_metrics_path(os.path.join(root, name), config)
-    if not os.path.exists(path):
+    if not _finished(config, os.path.join(root, name)):
       continue
     with open(path) as f:
       metrics = json.load(f)
@@ -116,7 +139,15 @@ def collect(runs, root):
     cell = cells.setdefault((len(config.modalities),
                              default_config.discriminator_kind(config.discriminator)), {})
     for readout in latent_probe.READOUTS:
-      cell.setdefault(readout, []).append(metrics[f'latent/{probed}/both/{readout}'])
+      key = f'latent/{probed}/both/{readout}'
+      if key not in metrics:
+        raise checkpointing.CheckpointError(
+            f'{path} has no {key}: the run was evaluated without the latent probe of all of z. '
+            'Re-evaluate it with python -m mmali_jax.evaluate --workdir='
+            f'{os.path.join(root, name)} '
+            '"--config.eval.evaluators=(\'latent_probe\', \'coherence\', \'figures\')" '
+            '"--config.eval.probe_parts=(\'both\', \'content\', \'style\')"')
+      cell.setdefault(readout, []).append(metrics[key])
   return cells
 
 
@@ -144,15 +175,19 @@ def _numerics(runs):
   return '; '.join(parts)
 
 
-def table1_markdown(cells, runs):
+def table1_markdown(cells, runs, probe_epochs=None):
+  """probe_epochs: those the runs were evaluated with (default: the runs' configs')."""
   some = next(iter(runs.values()))
+  if probe_epochs is None:
+    probe_epochs = sorted({default_config.eval_config(c).probe_epochs for c in runs.values()})
+  epochs = ', '.join(str(e) for e in probe_epochs)
   numerics = _numerics(runs)
   ms = sorted({m for m, _ in cells})
   seeds = sorted({c.seed for c in runs.values()})
   lines = ['# Table 1: MultiMNIST, linear probe on the upright modality\'s latent (%)', '',
            f'Budget: {int(some.num_train_steps):,} training steps per run (the paper: 250,000); '
            f'seeds {seeds}; mean ± sample standard deviation over seeds (n runs per cell); '
-           f'probe: {default_config.eval_config(some).probe_epochs} epochs. The paper\'s value '
+           f'probe: {epochs} epochs. The paper\'s value '
            'is in brackets; it reports a single number per cell, from the reference protocol.'
            + (f' Not the reference\'s numerics: {numerics} (docs/algorithm.md §5.3, §5.4).'
               if numerics else ''),
@@ -164,9 +199,9 @@ def table1_markdown(cells, runs):
       row = []
       for m in ms:
         values = cells.get((m, kind), {}).get(readout)
-        paper = report.TABLE1[kind].get(m)
+        paper = report.TABLE1[kind].get(m)  # the paper has M = 2, 3, 4 only
         cell = _fmt(values) if values else '–'
-        row.append(f'{cell} [{paper:.2f}]')
+        row.append(cell + (f' [{paper:.2f}]' if paper is not None else ''))
       lines.append(f'| {ROW_LABELS[kind]} | ' + ' | '.join(row) + ' |')
     lines.append('')
   return '\n'.join(lines)
@@ -209,7 +244,12 @@ def aggregate(runs, root):
   cells = collect(runs, root)
   if not cells:
     raise FileNotFoundError(f'No finished run under {root}: nothing to aggregate.')
-  text = table1_markdown(cells, runs)
+  # As evaluated: a finished run may have been evaluated with other probe settings (_finished).
+  probe_epochs = sorted({
+      default_config.eval_config(checkpointing.load_config(os.path.join(root, name))).probe_epochs
+      for name, config in runs.items()
+      if os.path.exists(_final_metrics_path(os.path.join(root, name), config))})
+  text = table1_markdown(cells, runs, probe_epochs)
   with open(os.path.join(root, 'table1.md'), 'w') as f:
     f.write(text)
   table1_figure(cells, runs, os.path.join(root, 'table1.png'))

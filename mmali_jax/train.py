@@ -65,17 +65,18 @@ def make_mesh(config):
   devices = jax.devices()
   if config.num_devices is not None:
     if jax.process_count() > 1:
-      raise ValueError('config.num_devices limits the devices of a single-process run; a '
-                       'multi-process job uses all of them (leave it unset).')
+      raise config_checks.ConfigError('config.num_devices limits the devices of a single-process '
+                                      'run; a multi-process job uses all of them (leave it unset).')
     if not 1 <= config.num_devices <= len(devices):
-      raise ValueError(f'config.num_devices={config.num_devices}, but {len(devices)} '
-                       'devices are available.')
+      raise config_checks.ConfigError(f'config.num_devices={config.num_devices}, but '
+                                      f'{len(devices)} devices are available.')
     devices = devices[:config.num_devices]
   if config.batch_size % len(devices):
     where = f' of {jax.process_count()} processes' if jax.process_count() > 1 else ''
-    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by the '
-                     f'{len(devices)} devices{where} the batch is sharded over; pick a multiple '
-                     f'of {len(devices)}' + ('.' if where else ' (or set config.num_devices).'))
+    raise config_checks.ConfigError(
+        f'config.batch_size={config.batch_size} is not divisible by the {len(devices)} '
+        f'devices{where} the batch is sharded over; pick a multiple of {len(devices)}'
+        + ('.' if where else ' (or set config.num_devices).'))
   return jax.sharding.Mesh(np.asarray(devices), ('data',))
 
 
@@ -150,7 +151,7 @@ def _comparable(config_dict):
   return flat
 
 
-def _check_workdir_config(config, workdir, write=True):
+def check_workdir_config(config, workdir, write=True):
   """Writes <workdir>/config.json (if `write`), or refuses to resume a run made with a different
   config."""
   path = os.path.join(workdir, 'config.json')
@@ -245,21 +246,22 @@ def train_and_evaluate(config, workdir):
   mods, gen, disc = networks.build(config)
   main_process = distributed.is_main_process()
   check_workdir(workdir)
-  _check_workdir_config(config, workdir, write=False)
+  check_workdir_config(config, workdir, write=False)
 
   # Every missing dataset of the experiment at once, before the first one is loaded.
   sources.ensure_prepared([(m.dataset, m.feature) for m in mods], config.data.tfds_data_dir)
   dataset = pipeline.load_dataset(config, 'train')
   config_checks.check_images(mods, dataset)
+  config_checks.check_training_data(config, dataset)
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
   os.makedirs(workdir, exist_ok=True)
-  _check_workdir_config(config, workdir, write=main_process)
   train_steps, shardings = compile_train_steps(config, gen, disc, mods, mesh)
   data = distributed.replicate(train_step_lib.device_data(dataset, config.seed),
                                shardings.replicated)
   state = distributed.replicate(train_step_lib.create_train_state(config, gen, disc, mods),
                                 shardings.replicated)
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  eval_every = default_config.eval_config(config).every_steps
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, keep_every=eval_every)
   restored = checkpointer.restore(state)
   if restored is not None:
     state = restored
@@ -270,6 +272,9 @@ def train_and_evaluate(config, workdir):
                  config.num_train_steps)
     checkpointer.close()
     return state
+  # Written once training is certain to go on: a rerun with nothing to do leaves the stored config
+  # (and the number of steps it names) as the run made it.
+  check_workdir_config(config, workdir, write=main_process)
 
   # Fixed inputs and noise for the sample grids, the same at every checkpoint and on resume.
   rng = np.random.default_rng([config.seed, 7])
@@ -304,7 +309,6 @@ def train_and_evaluate(config, workdir):
   report = ProgressReport(num_train_steps=config.num_train_steps, writer=writer,
                           every_steps=config.log_every_steps)
   # The reference evaluates every 50,000 iterations and after the last one; 0 turns it off.
-  eval_every = default_config.eval_config(config).every_steps
   evaluator = evaluator_lib.Evaluator(config, workdir)  # built on its first run
   pending = []  # (first step, number of steps, their mean metrics on the device)
   boundaries = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
@@ -312,8 +316,8 @@ def train_and_evaluate(config, workdir):
   stop = preemption.StopRequest()
   compiled = {}  # num_steps -> the compiled program
   try:
-    for step, num_steps in dispatch_sizes(start, config.num_train_steps,
-                                          steps_per_dispatch(config), boundaries):
+    for dispatch, (step, num_steps) in enumerate(dispatch_sizes(
+        start, config.num_train_steps, steps_per_dispatch(config), boundaries)):
       if num_steps not in compiled:
         compiled[num_steps] = train_steps.lower(state, data, num_steps).compile()
         # A program's first run sets up its collectives between processes, and on CPU (gloo)
@@ -329,7 +333,7 @@ def train_and_evaluate(config, workdir):
       log_now = done % config.log_every_steps == 0 or last
       save_now = done % config.checkpoint_every_steps == 0 or last
       eval_now = eval_every and (done % eval_every == 0 or last)
-      preempted = stop.requested(done)
+      preempted = stop.requested(dispatch)
       if log_now or save_now or eval_now or preempted:
         # Nothing non-finite reaches a log, a checkpoint or an evaluation.
         averaged = _checked_average(pending, workdir, saved_step)
@@ -350,7 +354,7 @@ def train_and_evaluate(config, workdir):
             f'writing the checkpoint of step {done} to {checkpointing.checkpoint_dir(workdir)}. '
             'Run the same command again to go on from there.')
   finally:
+    checkpointer.close()  # waits for the last save, still under the SIGTERM handler
     stop.close()
-    checkpointer.close()
     writer.flush()
   return state

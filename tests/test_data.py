@@ -2,6 +2,7 @@
 
 Everything runs on generated data (tfds.testing.mock_data for the loader).
 """
+import glob
 import importlib.util
 import os
 
@@ -164,6 +165,12 @@ def test_load_mnist_svhn_with_mock_data():
   labels = [m.labels for m in train.modalities]
   assert train.num_pairs == pairing.count_pairs(labels, 2, 0.5, None) > 0
   assert test.num_pairs == pairing.count_pairs(labels, 2, 1.0, None) > train.num_pairs
+  # The training subset's cap leaves the test pairs whole, as the percentage does.
+  config.data.max_per_class = 2
+  with tfds.testing.mock_data(num_examples=60):
+    capped = pipeline.load_dataset(config, 'train')
+    np.testing.assert_array_equal(pipeline.load_dataset(config, 'test').pairs, test.pairs)
+  assert capped.num_pairs == pairing.count_pairs(labels, 2, 0.5, 2) < train.num_pairs
 
 
 @pytest.mark.usefixtures('fresh_cache')
@@ -237,17 +244,22 @@ def test_preparing_without_importlib_resources_says_what_to_install(tmp_path):
 
 @pytest.mark.usefixtures('fresh_cache')
 def test_a_dataset_prepared_as_array_record_reads_as_one_prepared_as_tfrecord(tmp_path):
-  builder_cls = digit_datasets.digits_builder('TinyDigits', '1.0.0', (6, 5, 1), {'train': 23})
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder_cls = digit_datasets.digits_builder('TinyDigits', '1.0.0', (6, 5, 1), {'train': 100})
   read = {}
   for file_format in ('tfrecord', 'array_record'):
     data_dir = str(tmp_path / file_format)
-    builder_cls(data_dir=data_dir).download_and_prepare(file_format=file_format)
+    # Two shards, as SVHN's training split has: TFDS would interleave them by blocks of 16.
+    builder_cls(data_dir=data_dir).download_and_prepare(
+        file_format=file_format, download_config=tfds.download.DownloadConfig(num_shards=2))
+    assert len(glob.glob(os.path.join(data_dir, 'tiny_digits', '1.0.0', '*train*-of-00002'))) == 2
     read[file_format] = (sources.load_split('tiny_digits', 'train', data_dir),
                          sources.load_split('tiny_digits', 'train', data_dir, 'image'))
   (images, labels), (feature, feature_labels) = read['tfrecord']
-  assert images.shape == (23, 6, 5, 1) and images.dtype == np.uint8 and len(set(labels)) == 10
+  assert images.shape == (100, 6, 5, 1) and images.dtype == np.uint8 and len(set(labels)) == 10
   np.testing.assert_array_equal(feature, images)
-  # tf.data reads shards in file order: both formats give the same examples in the same order.
+  # Both formats give the same examples in the same order (shard after shard), so the pairs, the
+  # held-out examples and the batches do not depend on how the data was stored.
   for got, want in zip(read['array_record'], read['tfrecord']):
     for a, b in zip(got, want):
       np.testing.assert_array_equal(a, b)

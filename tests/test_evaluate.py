@@ -93,8 +93,15 @@ def test_one_evaluator_scores_new_parameters_without_rebuilding(tmp_path):
   # Test pairs loaded once, encoders compiled once ...
   assert scorer.test is built
   assert scorer._encode._cache_size() == compiled  # pylint: disable=protected-access
-  # ... and the second parameters drew a different figure.
-  assert (tmp_path / 'eval' / 'figure3.png').read_bytes() != figure
+  # ... and the second parameters drew a different figure, kept as step 2's and as the latest.
+  latest = (tmp_path / 'eval' / 'figure3.png').read_bytes()
+  assert latest != figure
+  assert (tmp_path / 'eval' / 'figure3_step_2.png').read_bytes() == latest
+  # Evaluating step 1 again replaces step 1's figure only: step 2's stays.
+  with tfds.testing.mock_data(num_examples=24):
+    scorer.run(checkpointing.restore_ema(str(tmp_path), 1)[0], 1)
+  assert (tmp_path / 'eval' / 'figure3_step_1.png').read_bytes() == figure
+  assert (tmp_path / 'eval' / 'figure3_step_2.png').read_bytes() == latest
 
 
 def test_evaluation_computes_in_float32_whatever_the_default(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from mmali_jax.evaluators import coherence
 from mmali_jax.evaluators import common
 from mmali_jax.evaluators import figures
 from mmali_jax.evaluators import latent_probe
+from mmali_jax.evaluators import retrieval
 
 STYLE_DIM = 3
 CONTENT_DIM = 10
@@ -372,3 +373,16 @@ def test_reference_readouts_train_on_the_whole_split_and_selection_holds_out():
   assert out['final_test_accuracy'] == 1.0
   assert out['best_test_accuracy_over_epochs'] == 1.0
   assert out['selected_test_accuracy'] <= 0.9  # never trained on a 9
+
+
+def test_retrieval_ranks_by_euclidean_distance_across_chunks():
+  # The paper looks neighbours up by Euclidean distance: item 0 points exactly the first query's
+  # way (cosine 1, first by cosine similarity) but is far, so it is not among its three nearest.
+  # Items 3 and 4 are equally far from the second query: the lower index comes first.
+  items = np.array([[10.0, 0.0], [1.2, 0.5], [0.0, 3.0], [1.0, 0.0], [-1.0, 0.0]], np.float32)
+  indices, distances = retrieval.nearest(np.array([[1.0, 0.0], [0.0, 2.0]]), items, k=3, chunk=2)
+  np.testing.assert_array_equal(indices, [[3, 1, 4], [2, 1, 3]])
+  np.testing.assert_allclose(distances, [[0.0, np.hypot(0.2, 0.5), 2.0],
+                                         [1.0, np.hypot(1.2, 1.5), np.sqrt(5.0)]], rtol=1e-6)
+  record = retrieval.neighbour_record(indices[0], distances[0], ['a', 'b', 'c', 'd', 'e'])
+  assert record['filenames'] == ['d', 'b', 'e']

@@ -22,6 +22,7 @@ from mmali_jax import checkpointing
 from mmali_jax import config_checks
 from mmali_jax import preemption
 from mmali_jax import train
+from mmali_jax.data import pipeline
 from mmali_jax.data import sources
 from tests.conftest import ROOT
 from tests.conftest import SMALL_COMMAND_FLAGS
@@ -158,6 +159,30 @@ def four_steps(tmp_path_factory):
 
 
 @pytest.mark.xdist_group('four_steps')  # one worker runs the fixture's training once
+def test_preemption_sync_point_ids_go_up_by_one_per_dispatch(tmp_path, monkeypatch):
+  # JAX's multi-process sync point is the highest id any process reported, plus one, and is only
+  # reached by a call with exactly that id: ids that jump by the steps of a dispatch (2 here)
+  # would never reach it, and a preempted job would train on until it is killed.
+  seen = []
+  real = preemption.StopRequest.requested
+  monkeypatch.setattr(preemption.StopRequest, 'requested',
+                      lambda self, i: seen.append(i) or real(self, i))
+  config = small_config('multimnist', num_train_steps=6, log_every_steps=2,
+                        checkpoint_every_steps=6)
+  config.steps_per_dispatch = 2
+  _train(config, str(tmp_path / 'run'))
+  assert seen == [0, 1, 2]
+
+
+def test_evaluated_steps_keep_their_checkpoints(tmp_path):
+  config = small_config('multimnist', num_train_steps=5, checkpoint_every_steps=1)
+  config.keep_checkpoints = 1
+  config.eval.every_steps = 2
+  config.eval.evaluators = ('figures',)
+  _train(config, str(tmp_path / 'run'))
+  assert _steps(str(tmp_path / 'run')) == {2, 4, 5}  # the evaluated ones and the newest
+
+
 @pytest.mark.parametrize('how', ['truncated files', 'a missing item', 'no commit'])
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, how, four_steps):
   config = small_config('multimnist', num_train_steps=4, checkpoint_every_steps=2)
@@ -283,6 +308,9 @@ def test_half_prepared_dataset_says_what_to_delete(tmp_path, monkeypatch):
     ('data.percentage', 0.0, 'config.data.percentage=0.0 must be a number in (0.0, 1.0]'),
     ('ema.decay', 1.0, 'config.ema.decay=1.0 must be a number in [0.0, 1.0)'),
     ('matmul_precision', 'fast', "config.matmul_precision='fast'; choose one of"),
+    ('eval.probe_parts', ('both', 'contnt'),
+     "config.eval.probe_parts=('both', 'contnt'): choose one or more of ('both', 'content', "
+     "'style')"),
 ])
 def test_bad_values_are_named_before_anything_is_written(tmp_path, field, value, message):
   config = small_config('multimnist')
@@ -324,6 +352,46 @@ def test_images_the_network_family_cannot_take(tmp_path):
   with pytest.raises(config_checks.ConfigError,
                      match=r"dataset 'mnist' has images of shape \(28, 28, 1\).*family 'svhn' "
                            r'takes uint8 images of shape \(32, 32, 3\)'):
+    _train(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.mark.parametrize('field,evaluator', [('probe_holdout', 'latent_probe'),
+                                             ('classifier_holdout', 'coherence')])
+def test_a_holdout_as_large_as_the_training_split_is_named_before_training(tmp_path, field,
+                                                                           evaluator):
+  config = small_config('multimnist')
+  config.eval.evaluators = (evaluator,)
+  config.eval.every_steps = 1
+  config.eval[field] = 24  # all of the mock split
+  with pytest.raises(config_checks.ConfigError,
+                     match=f'config.eval.{field}=24 holds out all 24 training examples of '
+                           "modality '0mnist'; use a value below 24"):
+    _train(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_data_the_config_cannot_use_is_named(tmp_path, monkeypatch):
+  config = _with_modalities(('0mnist', 'mnist', 'mnist'), ('1mnist', 'mnist', 'mnist'))
+  config.modalities[1].feature = 'imag'
+  with pytest.raises(config_checks.ConfigError,
+                     match=r"Dataset 'mnist' has no feature 'imag'; it has \['image', 'label'\]"):
+    _train(config, str(tmp_path / 'run'))
+  config = small_config('mnist_svhn')
+  config.data.pairing = 'aligned'
+  sizes = {'mnist': 24, 'svhn_cropped': 20}  # as the real splits, MNIST and SVHN differ in size
+  real_load_images = pipeline.load_images
+  monkeypatch.setattr(pipeline, 'load_images', lambda dataset, *args: tuple(
+      a[:sizes[dataset]] for a in real_load_images(dataset, *args)))
+  with pytest.raises(config_checks.ConfigError,
+                     match=r"config.data.pairing='aligned' cannot pair \['0mnist', '1svhn'\]: "
+                           'Aligned pairing needs the same number of instances'):
+    _train(config, str(tmp_path / 'run'))
+  monkeypatch.undo()
+  config = small_config('multimnist')
+  config.data.percentage = 0.01  # 24 examples: no class keeps one
+  with pytest.raises(config_checks.ConfigError,
+                     match='No training tuples: .* config.data.percentage=0.01'):
     _train(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
 

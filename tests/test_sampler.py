@@ -34,17 +34,33 @@ def test_permutation_positions_look_uniform():
 def test_each_pass_visits_every_element_once_and_passes_are_reshuffled():
   n = 50
   key = jax.random.PRNGKey(3)
-  # Read the stream in uneven pieces that straddle the pass boundaries.
-  pieces, start = [], 0
-  for count in (7, 30, 13, 25, 25):
-    pieces.append(np.asarray(sampler.stream(key, start, count, n)))
-    start += count
-  stream = np.concatenate(pieces)
+  # Read the stream in pieces of 7 (steps 0-14), which straddle the pass boundaries.
+  stream = np.concatenate([np.asarray(sampler.stream(key, step, 7, n)) for step in range(15)])
   passes = stream[:n], stream[n:2 * n]
   for visited in passes:
     np.testing.assert_array_equal(np.sort(visited), np.arange(n))
   assert not np.array_equal(*passes)
-  np.testing.assert_array_equal(stream, np.asarray(sampler.stream(key, 0, 100, n)))
+  np.testing.assert_array_equal(stream, np.asarray(sampler.stream(key, 0, 105, n)))
+
+
+@pytest.mark.parametrize('count,n', [(256, 1_682_040), (16_384, 1_800_000), (7, 50), (256, 24)])
+def test_stream_positions_do_not_wrap_at_32_bits(count, n):
+  # Step s reads positions [s count, (s + 1) count): beyond 2**32 for long runs of large batches
+  # (B = 64: 4 B = 256 per step, wrapping at step 2**24), where a 32-bit product would replay
+  # step 0's batch.
+  steps = np.array([0, 1, 2**16 + 3, 2**24, 2**24 + 1, 262_144, 2**31 + 5, 2**32 - 1], np.uint64)
+  quotient, remainder = jax.vmap(lambda s: sampler._pass_and_offset(s, count, n))(  # pylint: disable=protected-access
+      jnp.asarray(steps.astype(np.uint32)))
+  exact = [divmod(int(s) * count, n) for s in steps]
+  np.testing.assert_array_equal(np.asarray(quotient), [q % 2**32 for q, _ in exact])
+  np.testing.assert_array_equal(np.asarray(remainder), [r for _, r in exact])
+  key = jax.random.PRNGKey(1)
+  far = np.asarray(sampler.stream(key, 2**24, count, n))
+  first, within = divmod(2**24 * count, n)
+  expected = [int(sampler.permute(jax.random.fold_in(key, first + (within + j) // n),
+                                  jnp.asarray([(within + j) % n], jnp.uint32), n)[0])
+              for j in (0, count - 1)]
+  np.testing.assert_array_equal(far[[0, -1]], expected)
 
 
 def _data(sizes=(50, 70), multiplication=2, pairs=None, seed=0):

@@ -64,6 +64,20 @@ def test_table1_sweep_on_generated_data(tmp_path):
 
   assert tables.train_and_evaluate_runs(runs, root, must_not_train) == []
 
+  # The same sweep asked for with other numerics does not count these runs as its own: neither
+  # to skip them nor in its table.
+  other = tables.table1_runs(_tiny, seeds=2, modalities=(2,),
+                             overrides={'matmul_precision': 'tensorfloat32_emulated'})
+  for step in (lambda: tables.train_and_evaluate_runs(other, root, must_not_train),
+               lambda: tables.aggregate(other, root)):
+    with pytest.raises(checkpointing.WorkdirConfigError,
+                       match="matmul_precision: 'highest' -> 'tensorfloat32_emulated'"):
+      step()
+  # Asked for with other probe settings, the table states those the runs were evaluated with.
+  other = tables.table1_runs(_tiny, seeds=2, modalities=(2,), overrides={'eval.probe_epochs': 7})
+  assert tables.train_and_evaluate_runs(other, root, must_not_train) == []
+  assert 'probe: 2 epochs' in tables.aggregate(other, root)
+
   # The sweep copied to another machine: `python -m mmali_jax.evaluate` on one of its runs still
   # finds the shared classifiers, and computes the same coherence as the sweep did.
   with open(os.path.join(root, 'mm2_factorized_seed0', 'eval', 'metrics_step_2.json')) as f:
@@ -94,6 +108,10 @@ def test_table_has_a_column_per_modality_count_and_a_dash_for_missing_cells():
           f'82.00 ± 2.65 (n=3) [{paper["factorized"][3]:.2f}] |') in section
   assert (f'| Joint (monolithic) | 70.00 (n=1) [{paper["monolithic"][2]:.2f}] | '
           f'– [{paper["monolithic"][3]:.2f}] |') in section
+  # M = 5 is not in the paper: no bracket.
+  runs = tables.table1_runs(_tiny, seeds=1, modalities=(5,))
+  text = tables.table1_markdown({(5, 'factorized'): {'final_test_accuracy': [80.0]}}, runs)
+  assert '| Factorized | 80.00 (n=1) |' in text and '| Joint (monolithic) | – |' in text
 
 
 def test_table_names_numerics_other_than_the_reference():

@@ -1,4 +1,5 @@
 """Training end to end on generated data: runs, data parallelism, resume, and failure modes."""
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mmali_jax import checkpointing
+from mmali_jax import config_checks
 from mmali_jax import curves
 from mmali_jax import networks
 from mmali_jax import train
@@ -157,7 +159,13 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   config = small_config('multimnist', batch_size=12, num_devices=None)
-  with pytest.raises(ValueError, match='batch_size=12 is not divisible by the 8 devices'):
+  # ConfigError: the command line shows its message alone, without a traceback.
+  with pytest.raises(config_checks.ConfigError,
+                     match='batch_size=12 is not divisible by the 8 devices'):
+    train.make_mesh(config)
+  config = small_config('multimnist', num_devices=9)
+  with pytest.raises(config_checks.ConfigError,
+                     match='config.num_devices=9, but 8 devices are available'):
     train.make_mesh(config)
 
 
@@ -172,7 +180,13 @@ def test_changed_config_on_existing_workdir_is_refused(tmp_path, monkeypatch):
     config.loss.lambda_unimodal = 0.5
     with pytest.raises(ValueError, match=r'loss.lambda_unimodal: 0.1 -> 0.5'):
       train.train_and_evaluate(config, 'run')
+    # A rerun asking for fewer steps than were trained does nothing, and changes nothing: the
+    # stored config still names the steps its checkpoints and evaluations are of.
+    config.loss.lambda_unimodal = 0.1
+    config.num_train_steps = 1
+    train.train_and_evaluate(config, 'run')
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  assert json.loads((tmp_path / 'config.json').read_text())['num_train_steps'] == 2
 
 
 def test_command_line_reports_missing_data_without_traceback(tmp_path):
@@ -226,7 +240,7 @@ def test_a_run_stored_before_new_config_fields_still_resumes(tmp_path):
   for spec in stored['modalities']:
     del spec['feature']
   (tmp_path / 'config.json').write_text(json.dumps(stored))
-  train._check_workdir_config(config, str(tmp_path), write=False)  # pylint: disable=protected-access
+  train.check_workdir_config(config, str(tmp_path), write=False)
   config.joint_critic_width = 512
   with pytest.raises(ValueError, match='joint_critic_width: 1024 -> 512'):
-    train._check_workdir_config(config, str(tmp_path), write=False)  # pylint: disable=protected-access
+    train.check_workdir_config(config, str(tmp_path), write=False)

@@ -89,13 +89,13 @@ def match_aligned(instances: Sequence[np.ndarray]) -> np.ndarray:
   return np.stack(blocks, axis=1).astype(np.int64)
 
 
-def _by_label(modalities, config, percentage, rng):
+def _by_label(modalities, config, percentage, max_per_class, rng):
   return match_by_label([m.labels for m in modalities], config.data.multiplication, percentage,
-                        config.data.max_per_class, rng)
+                        max_per_class, rng)
 
 
-def _aligned(modalities, config, percentage, rng):
-  del config, percentage, rng  # every instance, every combination of its views
+def _aligned(modalities, config, percentage, max_per_class, rng):
+  del config, percentage, max_per_class, rng  # every instance, every combination of its views
   return match_aligned([m.instances for m in modalities])
 
 

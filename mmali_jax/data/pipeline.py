@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from mmali_jax import config_checks
 from mmali_jax.data import pairing
 from mmali_jax.data import sources
 from mmali_jax.models import registry
@@ -78,8 +79,8 @@ class MultimodalDataset:
 
 
 def load_dataset(config, split):
-  """The paired train or test set of `config.modalities` (test pairs always use all data, p = 1),
-  paired by `config.data.pairing`.
+  """The paired train or test set of `config.modalities` (test pairs always use all data:
+  p = 1, no max_per_class), paired by `config.data.pairing`.
 
   Unlike the reference, whose test pairs are redrawn unseeded at every evaluation, both splits'
   pairings are seeded by config.seed (docs/algorithm.md §10).
@@ -96,8 +97,14 @@ def load_dataset(config, split):
                                    spec.get('feature'))
     items = flatten_views(examples, labels, registry.family(spec.network).example_shape)
     modalities.append(ModalityData(spec.name, *items))
-  percentage = config.data.percentage if split == 'train' else 1.0
+  # The training subset's settings apply to training only: the test pairs use all the data.
+  percentage, cap = ((config.data.percentage, config.data.max_per_class) if split == 'train'
+                     else (1.0, None))
   rng = np.random.default_rng([config.seed, _SPLIT_KEYS[split]])
-  pairs = pairing.PAIRINGS[config.data.pairing](modalities, config, percentage, rng)
+  try:
+    pairs = pairing.PAIRINGS[config.data.pairing](modalities, config, percentage, cap, rng)
+  except ValueError as err:
+    raise config_checks.ConfigError(
+        f'config.data.pairing={config.data.pairing!r} cannot pair {names}: {err}') from None
   labels = modalities[0].labels[pairs[:, 0]].astype(np.int32)
   return MultimodalDataset(modalities, pairs, labels)

@@ -4,8 +4,9 @@ Every iteration reads four batches A, B, C, D of `batch_size` tuples (docs/algor
 They are positions of an infinite stream over the training tuples in which every pass visits
 each tuple exactly once, in the order of a fresh pseudo-random permutation per pass (sampling
 without replacement within a pass, as the reference's infinite shuffling sampler). Iteration n
-reads stream positions [4nB, 4nB + 4B). 'b_marginals' permutes each modality's column of B
-independently (in-batch product-of-marginals negatives).
+reads stream positions [4nB, 4nB + 4B) (computed without overflow for any n < 2**32).
+'b_marginals' permutes each modality's column of B independently (in-batch product-of-marginals
+negatives).
 
 The permutation of pass e is a keyed bijection of [0, N) evaluated at the positions needed (a
 4-round Feistel network on the next even power of two, with cycle walking), so a batch costs
@@ -63,11 +64,35 @@ def permute(key, indices, n):
   return x
 
 
-def stream(key, start, count, n):
-  """Elements at positions [start, start + count) of the infinite stream over [0, n): pass e
-  (positions [e n, (e + 1) n)) visits [0, n) in the order of permutation fold_in(key, e)."""
-  position = jnp.asarray(start, jnp.uint32) + jnp.arange(count, dtype=jnp.uint32)
-  epoch, within = position // jnp.uint32(n), position % jnp.uint32(n)
+def _pass_and_offset(step, count, n):
+  """(step * count) // n (mod 2**32) and (step * count) % n, without forming step * count,
+  which leaves 32 bits for large batches and long runs (4 B steps >= 2**32: B = 64 at 16.7M
+  steps, B = 4096 at 262,144): the sum over the set bits k of `step` of count * 2**k, whose
+  quotient and remainder by n are constants.
+
+  Requires n < 2**31 (one remainder added to another stays below 2**32)."""
+  step = jnp.asarray(step, jnp.uint32)
+  quotient, remainder = jnp.uint32(0), jnp.uint32(0)
+  for k in range(32):
+    q, r = divmod(count << k, n)
+    bit = (step >> k) & jnp.uint32(1)
+    remainder = remainder + jnp.uint32(r) * bit
+    carry = remainder >= jnp.uint32(n)
+    remainder = jnp.where(carry, remainder - jnp.uint32(n), remainder)
+    quotient = quotient + jnp.uint32(q % 2**32) * bit + carry.astype(jnp.uint32)
+  return quotient, remainder
+
+
+def stream(key, step, count, n):
+  """Elements at positions [step * count, (step + 1) * count) of the infinite stream over
+  [0, n): pass e (positions [e n, (e + 1) n)) visits [0, n) in the order of permutation
+  fold_in(key, e mod 2**32)."""
+  if n >= 2**31:
+    raise ValueError(f'Cannot sample from {n} elements: at most 2**31 - 1.')
+  first_pass, offset = _pass_and_offset(step, count, n)
+  position = offset + jnp.arange(count, dtype=jnp.uint32)  # < n + count
+  epoch = first_pass + position // jnp.uint32(n)
+  within = position % jnp.uint32(n)
   # A batch spans at most two passes (count <= n is not required: vmap over the pass).
   keys = jax.vmap(lambda e: jax.random.fold_in(key, e))(epoch)
   return jax.vmap(lambda k, i: permute(k, i[None], n)[0])(keys, within).astype(jnp.int32)
@@ -86,21 +111,21 @@ def batch_indices(key, step, num_pairs, modality_sizes, batch_size, unpaired=Fal
   paired_key = jax.random.fold_in(key, _PAIRED)
   out = {}
   if not unpaired:
-    rows = stream(paired_key, 4 * b * step, 4 * b, num_pairs).reshape(4, b)
+    rows = stream(paired_key, step, 4 * b, num_pairs).reshape(4, b)
     for name, r in zip('abcd', rows):
       out[name] = jnp.broadcast_to(r, (num, b))
     perm_key = jax.random.fold_in(jax.random.fold_in(key, _MARGINALS_PERM), step)
     perms = jax.vmap(lambda k: jax.random.permutation(k, b))(jax.random.split(perm_key, num))
     out['b_marginals'] = jnp.take_along_axis(out['b'], perms, axis=1)
     return out
-  rows = stream(paired_key, 2 * b * step, 2 * b, num_pairs).reshape(2, b)
+  rows = stream(paired_key, step, 2 * b, num_pairs).reshape(2, b)
   out['b'], out['d'] = (jnp.broadcast_to(r, (num, b)) for r in rows)
   unimodal, marginals = [], []
   for m, size in enumerate(modality_sizes):
     unimodal.append(stream(jax.random.fold_in(jax.random.fold_in(key, _UNIMODAL), m),
-                           2 * b * step, 2 * b, size).reshape(2, b))
+                           step, 2 * b, size).reshape(2, b))
     marginals.append(stream(jax.random.fold_in(jax.random.fold_in(key, _MARGINALS), m),
-                            b * step, b, size))
+                            step, b, size))
   out['a'] = jnp.stack([u[0] for u in unimodal])
   out['c'] = jnp.stack([u[1] for u in unimodal])
   out['b_marginals'] = jnp.stack(marginals)

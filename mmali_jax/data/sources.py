@@ -26,6 +26,8 @@ import socket
 from absl import logging
 import numpy as np
 
+from mmali_jax import config_checks
+
 # Files TFDS's builders download, i.e. the names expected in `<data_dir>/downloads/manual/`.
 # svhn_cropped's builder generates all three splits, so it needs `extra` too (1.3 GB).
 RAW_FILES = {
@@ -192,7 +194,11 @@ def _read(tfds, dataset, split, data_dir, feature=None):
     try:
       chunks = list(tfds.as_numpy(tfds.load(
           dataset, split=split, data_dir=data_dir, batch_size=_READ_CHUNK,
-          as_supervised=feature is None, download=False)))
+          as_supervised=feature is None, download=False,
+          # Shard after shard, as tfds.data_source reads: by default TFDS interleaves the
+          # shards of a split, and the pairs ("the first n_l of each class"), the held-out
+          # examples and so the batches would depend on the format the data is stored in.
+          read_config=tfds.ReadConfig(interleave_cycle_length=1))))
     except NotImplementedError:
       # Prepared as ArrayRecord (`download_and_prepare(file_format='array_record')`), which
       # tf.data cannot read; TFDS's random-access data source can.
@@ -201,12 +207,17 @@ def _read(tfds, dataset, split, data_dir, feature=None):
     raise ValueError(f'Split {split!r} of {dataset!r} is empty.')
   if feature is not None:
     if feature not in chunks[0]:
-      raise ValueError(f'Dataset {dataset!r} has no feature {feature!r}; it has '
-                       f'{sorted(chunks[0])}. Fix the modality\'s feature in the config.')
+      raise config_checks.ConfigError(
+          f'Dataset {dataset!r} has no feature {feature!r}; it has {sorted(chunks[0])}. Fix the '
+          'modality\'s feature in the config.')
     examples = np.concatenate([c[feature] for c in chunks])
     labels = np.concatenate([c['label'] for c in chunks]).astype(np.int32)
     return examples, labels
-  images = np.concatenate([c[0] for c in chunks]).astype(np.uint8, copy=False)
+  if isinstance(chunks[0], dict):  # read without TensorFlow: no supervised keys to read
+    raise config_checks.ConfigError(
+        f'Dataset {dataset!r} has no (image, label) supervised keys; name the feature to read in '
+        f'the modality\'s config (feature=...; it has {sorted(chunks[0])}).')
+  images = np.concatenate([c[0] for c in chunks])  # config_checks.check_images checks the dtype
   labels = np.concatenate([c[1] for c in chunks]).astype(np.int32)
   if images.ndim == 3:
     images = images[..., None]

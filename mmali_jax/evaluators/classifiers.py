@@ -237,6 +237,8 @@ def train_all(config, classifier_dir, *, epochs=None, overwrite=False):
       continue
     splits = {split: pipeline.load_images(modality.dataset, split, data_dir, modality.rotation)
               for split in ('train', 'test')}
+    config_checks.check_holdout(config, 'classifier_holdout', len(splits['train'][1]),
+                                f'{modality.dataset!r}')
     logging.info('Training classifier %s (%s network, %d train / %d test images, %d epochs).',
                  key, modality.network, len(splits['train'][1]), len(splits['test'][1]), epochs)
     result = train_classifier(*splits['train'], *splits['test'], modality.network, epochs=epochs,

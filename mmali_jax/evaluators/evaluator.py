@@ -16,15 +16,18 @@ modalities (CUB).
 
 Each run writes <workdir>/eval/metrics.json and report.md (the latest evaluation) and
 metrics_step_<N>.json, report_step_<N>.md, and, as chosen, figure3.png and figure4.png, or
-retrieval.json (and retrieval_*.png when the images are on disk). Accuracies are %.
+retrieval.json (and retrieval_*.png when the images are on disk), each also as <name>_step_<N>,
+so that evaluating an earlier step again replaces no other step's. Accuracies are %.
 """
 import json
 import os
+import shutil
 
 from absl import logging
 import jax
 import numpy as np
 
+from mmali_jax import config_checks
 from mmali_jax import default_config
 from mmali_jax import images
 from mmali_jax import networks
@@ -84,6 +87,9 @@ class Evaluator:
           mod.name: {split: pipeline.load_images(mod.dataset, split, config.data.tfds_data_dir)
                      for split in ('train', 'test')}
           for mod in probe_modalities(mods)}
+      for name, data in self._probe_data.items():
+        config_checks.check_holdout(config, 'probe_holdout', len(data['train'][1]),
+                                    f'modality {name!r}')
       self._probe = latent_probe.LinearProbe(
           epochs=cfg.probe_epochs, batch_size=cfg.probe_batch_size, lr=cfg.probe_lr)
 
@@ -227,7 +233,7 @@ class Evaluator:
       return [split_files[i] for i in data.modalities[modality].instances]
 
     item_files = [files_of(m, train_files, self.train) for m in range(len(names))]
-    out = {'metric': 'cosine similarity of raw features, nearest first',
+    out = {'metric': 'Euclidean distance of raw features, nearest first',
            'train_items': {n: int(len(x)) for n, x in zip(names, items)}, 'joint': []}
     grids = {}
     joint = [retrieval.nearest(generated['joint'][m][:num], items[m], k)
@@ -244,12 +250,12 @@ class Evaluator:
         if src == tgt:
           continue
         direction = f'{names[src]}_to_{names[tgt]}'
-        idx, sim = retrieval.nearest(generated[direction][chosen], items[tgt], k)
+        idx, dist = retrieval.nearest(generated[direction][chosen], items[tgt], k)
         records = []
         for row, p in enumerate(chosen):
           source = int(self.test.pairs[p, src])
           record = {'test_pair': int(p), 'source_index': source,
-                    'neighbours': retrieval.neighbour_record(idx[row], sim[row],
+                    'neighbours': retrieval.neighbour_record(idx[row], dist[row],
                                                              item_files[tgt])}
           if test_files is not None:
             record['source_filename'] = test_files[self.test.modalities[src].instances[source]]
@@ -259,16 +265,16 @@ class Evaluator:
     for name in ('retrieval.json', f'retrieval_step_{step}.json'):
       with open(os.path.join(self.out_dir, name), 'w') as f:
         json.dump(out, f, indent=1)
-    notes = ['Retrieval: eval/retrieval.json lists the nearest training items (cosine similarity '
+    notes = ['Retrieval: eval/retrieval.json lists the nearest training items (Euclidean distance '
              'of raw features) of the first generated examples.']
     if cfg.images_dir and train_files is not None and test_files is not None:
       written = []
       for direction, records in grids.items():
         rows = [[r['source_filename']] + r['neighbours']['filenames'] for r in records]
-        path = os.path.join(self.out_dir, f'retrieval_{direction}.png')
+        path = os.path.join(self.out_dir, f'retrieval_{direction}_step_{step}.png')
         if retrieval.write_grid(rows, [f'pair {r["test_pair"]}' for r in records],
                                 cfg.images_dir, path):
-          written.append(os.path.basename(path))
+          written.append(os.path.basename(self._latest_copy(path, step)))
       notes.append(f'Retrieval grids (source image, then the neighbours\' images): '
                    f'{", ".join(written) or "none: images missing in " + cfg.images_dir}.')
     return notes
@@ -304,17 +310,28 @@ class Evaluator:
       results[f'classifier/{name}/test_accuracy'] = 100.0 * own['selected_test_accuracy']
     return results
 
+  @staticmethod
+  def _latest_copy(path, step):
+    """Copies <name>_step_<N>.png to <name>.png, the latest evaluation's (as metrics.json);
+    returns the copy's path. Every step keeps its own."""
+    latest = path.replace(f'_step_{step}.png', '.png')
+    shutil.copyfile(path, latest)
+    return latest
+
   def _write(self, metrics, notes, params, seed):
     os.makedirs(self.out_dir, exist_ok=True)
+    step = metrics['step']
     if 'figures' in self.chosen:
       encoders = {n: (lambda x, f=f: f(params, x)) for n, f in self._encoders.items()}
       decoders = {n: (lambda z, f=f: f(params, z)) for n, f in self._decoders.items()}
+      path = os.path.join(self.out_dir, f'figure3_step_{step}.png')
       figures.figure3(encoders, decoders, self._figure_images, rng=jax.random.PRNGKey(seed),
-                      path=os.path.join(self.out_dir, 'figure3.png'))
+                      path=path)
+      self._latest_copy(path, step)
+      path = os.path.join(self.out_dir, f'figure4_step_{step}.png')
       figures.figure4(encoders, decoders, self._figure_images, self.config.style_dim,
-                      rng=jax.random.PRNGKey(seed + 1),
-                      path=os.path.join(self.out_dir, 'figure4.png'))
-    step = metrics['step']
+                      rng=jax.random.PRNGKey(seed + 1), path=path)
+      self._latest_copy(path, step)
     # metrics.json / report.md describe the latest evaluation; each step's are kept too.
     for name in ('metrics.json', f'metrics_step_{step}.json'):
       with open(os.path.join(self.out_dir, name), 'w') as f:

@@ -1,9 +1,10 @@
 """Nearest training items of generated feature vectors (the paper's qualitative CUB figures).
 
-A generated caption or image feature is shown by the training items closest to it: cosine
-similarity of the raw features (no CCA projection, so each modality is searched in its own
-space), nearest first. Written as index lists (JSON, with the items' filenames when the dataset
-has them) and, when the images are on disk, as a PNG grid of the neighbours' images.
+A generated caption or image feature is shown by the training items closest to it in Euclidean
+distance of the raw features, as the paper's "nearest-neighbour lookup using Euclidean distance
+in the feature space on the training set" (no CCA projection, so each modality is searched in its
+own space), nearest first. Written as index lists (JSON, with the items' filenames when the
+dataset has them) and, when the images are on disk, as a PNG grid of the neighbours' images.
 """
 import os
 
@@ -13,30 +14,29 @@ from mmali_jax import images as images_lib
 
 
 def nearest(queries, items, k, chunk=4096):
-  """(indices int64 [Q, k], similarities [Q, k]): the k items of highest cosine similarity to
-  each query, nearest first."""
-  q = np.asarray(queries, np.float32)
-  q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+  """(indices int64 [Q, k], distances [Q, k]): the k items at the smallest Euclidean distance
+  from each query, nearest first (ties: the lower index)."""
+  q = np.asarray(queries, np.float64)
+  q_norms = np.sum(q * q, axis=1, keepdims=True)
   k = min(int(k), len(items))
-  best_sim = np.full((len(q), 0), -np.inf, np.float32)
+  best_dist = np.full((len(q), 0), np.inf)
   best_idx = np.zeros((len(q), 0), np.int64)
   for start in range(0, len(items), chunk):
-    block = np.asarray(items[start:start + chunk], np.float32)
-    block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-    sim = np.concatenate([best_sim, q @ block.T], axis=1)
+    block = np.asarray(items[start:start + chunk], np.float64)
+    squared = q_norms - 2.0 * q @ block.T + np.sum(block * block, axis=1)[None, :]
+    dist = np.concatenate([best_dist, np.sqrt(np.maximum(squared, 0.0))], axis=1)
     idx = np.concatenate([best_idx, np.broadcast_to(np.arange(start, start + len(block)),
                                                     (len(q), len(block)))], axis=1)
-    # Stable sort on -similarity: ties keep the lower index.
-    order = np.argsort(-sim, axis=1, kind='stable')[:, :k]
-    best_sim = np.take_along_axis(sim, order, axis=1)
+    order = np.argsort(dist, axis=1, kind='stable')[:, :k]
+    best_dist = np.take_along_axis(dist, order, axis=1)
     best_idx = np.take_along_axis(idx, order, axis=1)
-  return best_idx, best_sim
+  return best_idx, best_dist
 
 
-def neighbour_record(indices, similarities, filenames=None):
+def neighbour_record(indices, distances, filenames=None):
   """One query's neighbours as a JSON-ready dict."""
   record = {'indices': [int(i) for i in indices],
-            'cosine_similarities': [round(float(s), 6) for s in similarities]}
+            'euclidean_distances': [round(float(d), 6) for d in distances]}
   if filenames is not None:
     record['filenames'] = [str(filenames[int(i)]) for i in indices]
   return record

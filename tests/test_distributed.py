@@ -1,0 +1,52 @@
+"""How a multi-process job is joined: which cluster is detected and which GPUs each process drives
+(the runtime itself is exercised by tests/test_multiprocess.py)."""
+import jax
+import pytest
+
+from mmali_jax import distributed
+
+
+@pytest.mark.parametrize('environ,expected', [
+    # One task per node with the node's 8 GPUs: all of them (JAX alone would give [0]).
+    ({'SLURM_NTASKS': '2', 'SLURM_JOB_NUM_NODES': '2', 'SLURM_GPUS_ON_NODE': '8',
+      'SLURM_LOCALID': '0'}, list(range(8))),
+    ({'SLURM_NTASKS': '2', 'SLURM_NNODES': '2', 'CUDA_VISIBLE_DEVICES': '0,1,2,3'}, [0, 1, 2, 3]),
+    # --gpus-per-task=1: each task sees one GPU, numbered 0 (JAX alone: SLURM_LOCALID, up to 7).
+    ({'SLURM_NTASKS': '16', 'SLURM_JOB_NUM_NODES': '2', 'CUDA_VISIBLE_DEVICES': '5',
+      'SLURM_LOCALID': '5'}, [0]),
+    # One task per GPU, all visible: JAX's own choice (GPU SLURM_LOCALID) is right.
+    ({'SLURM_NTASKS': '16', 'SLURM_JOB_NUM_NODES': '2', 'SLURM_GPUS_ON_NODE': '8',
+      'CUDA_VISIBLE_DEVICES': '0,1,2,3,4,5,6,7', 'SLURM_LOCALID': '5'}, None),
+    # No GPUs (a CPU job).
+    ({'SLURM_NTASKS': '4', 'SLURM_JOB_NUM_NODES': '2'}, None),
+])
+def test_each_slurm_task_drives_the_gpus_it_is_given(environ, expected):
+  assert distributed.slurm_local_device_ids(environ) == expected
+
+
+def _joined(monkeypatch, environ, **kwargs):
+  """The arguments initialize passes to jax.distributed.initialize (None: not called)."""
+  for key in ('SLURM_NTASKS', 'SLURM_JOB_ID', 'SLURM_JOB_NUM_NODES', 'SLURM_GPUS_ON_NODE',
+              'CUDA_VISIBLE_DEVICES', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(key, raising=False)
+  for key, value in environ.items():
+    monkeypatch.setenv(key, value)
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **a: calls.append(a))
+  monkeypatch.setattr(distributed, 'use_runtime_barriers_in_orbax', lambda: None)
+  distributed.initialize(**kwargs)
+  return calls[0] if calls else None
+
+
+def test_the_runtime_is_started_for_detected_or_requested_jobs_only(monkeypatch):
+  assert _joined(monkeypatch, {}) is None  # one process: nothing to join
+  slurm = _joined(monkeypatch, {'SLURM_NTASKS': '2', 'SLURM_JOB_ID': '7',
+                                'SLURM_JOB_NUM_NODES': '2', 'SLURM_GPUS_ON_NODE': '8'})
+  assert slurm['coordinator_address'] is None and slurm['local_device_ids'] == list(range(8))
+  # --auto_distributed (a Cloud TPU VM slice): JAX's own detection, no arguments of ours.
+  auto = _joined(monkeypatch, {}, auto=True)
+  assert auto is not None and auto['coordinator_address'] is None
+  assert auto['num_processes'] is None and auto['local_device_ids'] is None
+  explicit = _joined(monkeypatch, {}, coordinator_address='localhost:1234', num_processes=2,
+                     process_id=0)
+  assert explicit['num_processes'] == 2 and explicit['local_device_ids'] is None
