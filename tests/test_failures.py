@@ -159,28 +159,26 @@ def four_steps(tmp_path_factory):
 
 
 @pytest.mark.xdist_group('four_steps')  # one worker runs the fixture's training once
-def test_preemption_sync_point_ids_go_up_by_one_per_dispatch(tmp_path, monkeypatch):
-  # JAX's multi-process sync point is the highest id any process reported, plus one, and is only
-  # reached by a call with exactly that id: ids that jump by the steps of a dispatch (2 here)
-  # would never reach it, and a preempted job would train on until it is killed.
+def test_sync_point_ids_count_dispatches_and_evaluated_steps_keep_checkpoints(tmp_path,
+                                                                              monkeypatch):
+  # JAX's multi-process preemption sync point is the highest id any process reported, plus one,
+  # and is only reached by a call with exactly that id: ids that jumped by the steps of a
+  # dispatch (2 here) would never reach it, and a preempted job would train on until killed.
   seen = []
   real = preemption.StopRequest.requested
   monkeypatch.setattr(preemption.StopRequest, 'requested',
                       lambda self, i: seen.append(i) or real(self, i))
   config = small_config('multimnist', num_train_steps=6, log_every_steps=2,
-                        checkpoint_every_steps=6)
+                        checkpoint_every_steps=2)
   config.steps_per_dispatch = 2
-  _train(config, str(tmp_path / 'run'))
-  assert seen == [0, 1, 2]
-
-
-def test_evaluated_steps_keep_their_checkpoints(tmp_path):
-  config = small_config('multimnist', num_train_steps=5, checkpoint_every_steps=1)
   config.keep_checkpoints = 1
-  config.eval.every_steps = 2
+  config.eval.every_steps = 4
   config.eval.evaluators = ('figures',)
   _train(config, str(tmp_path / 'run'))
-  assert _steps(str(tmp_path / 'run')) == {2, 4, 5}  # the evaluated ones and the newest
+  assert seen == [0, 1, 2]
+  # Checkpoints of steps 2, 4, 6: the newest is kept, and the evaluated step 4 (to evaluate
+  # again later).
+  assert _steps(str(tmp_path / 'run')) == {4, 6}
 
 
 @pytest.mark.parametrize('how', ['truncated files', 'a missing item', 'no commit'])

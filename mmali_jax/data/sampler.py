@@ -67,19 +67,21 @@ def permute(key, indices, n):
 def _pass_and_offset(step, count, n):
   """(step * count) // n (mod 2**32) and (step * count) % n, without forming step * count,
   which leaves 32 bits for large batches and long runs (4 B steps >= 2**32: B = 64 at 16.7M
-  steps, B = 4096 at 262,144): the sum over the set bits k of `step` of count * 2**k, whose
-  quotient and remainder by n are constants.
+  steps, B = 4096 at 262,144): the sum over the bytes v_k of `step` of v_k * count * 256**k,
+  whose quotients and remainders by n are constant tables (four lookups, few operations to
+  compile).
 
   Requires n < 2**31 (one remainder added to another stays below 2**32)."""
   step = jnp.asarray(step, jnp.uint32)
   quotient, remainder = jnp.uint32(0), jnp.uint32(0)
-  for k in range(32):
-    q, r = divmod(count << k, n)
-    bit = (step >> k) & jnp.uint32(1)
-    remainder = remainder + jnp.uint32(r) * bit
+  for k in range(4):
+    table = [divmod(v * count << (8 * k), n) for v in range(256)]
+    byte = (step >> (8 * k)) & jnp.uint32(0xFF)
+    remainder = remainder + jnp.asarray([r for _, r in table], jnp.uint32)[byte]
     carry = remainder >= jnp.uint32(n)
     remainder = jnp.where(carry, remainder - jnp.uint32(n), remainder)
-    quotient = quotient + jnp.uint32(q % 2**32) * bit + carry.astype(jnp.uint32)
+    quotient = (quotient + jnp.asarray([q % 2**32 for q, _ in table], jnp.uint32)[byte]
+                + carry.astype(jnp.uint32))
   return quotient, remainder
 
 
