@@ -54,8 +54,8 @@ def base_config():
   config.batch_size = 64
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2_000
-  # The newest checkpoints kept; those of evaluated steps (multiples of eval.every_steps) are
-  # kept as well.
+  # The newest checkpoints kept; those of steps that are multiples of eval.every_steps (evaluated
+  # during training) are kept as well.
   config.keep_checkpoints = 3
   # Training iterations per call into the device (lax.scan), each drawing its own batches on the
   # device; calls never cross a logging, checkpoint or evaluation step. 0 = automatic: 1 on CPU

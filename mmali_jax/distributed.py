@@ -47,26 +47,41 @@ def _detected_cluster(auto=False):
   return None
 
 
+def _tasks_on_this_node(environ):
+  """This node's number of tasks in the SLURM job step ("8(x2),4": 8 on nodes 0-1, 4 on 2)."""
+  layout = environ.get('SLURM_STEP_TASKS_PER_NODE') or environ.get('SLURM_TASKS_PER_NODE')
+  if layout:
+    counts = []
+    for part in layout.split(','):
+      number, _, repeat = part.partition('(x')
+      counts += [int(number)] * int(repeat.rstrip(')') or 1)
+    node = int(environ.get('SLURM_NODEID', '0'))
+    return counts[node] if node < len(counts) else counts[-1]
+  nodes = int(environ.get('SLURM_STEP_NUM_NODES') or environ.get('SLURM_NNODES') or
+              environ.get('SLURM_JOB_NUM_NODES') or 1)
+  return max(1, int(environ.get('SLURM_NTASKS', '1')) // max(nodes, 1))
+
+
 def slurm_local_device_ids(environ):
   """The GPUs this SLURM task drives, as jax.distributed.initialize's `local_device_ids`.
 
-  JAX's own SLURM detection gives each task only the GPU numbered SLURM_LOCALID, which is right
-  for one task per GPU with all of the node's GPUs visible (--ntasks-per-node=G
-  --gpus-per-node=G). It would leave G - 1 GPUs idle with one task per node (--ntasks-per-node=1
-  --gpus-per-node=G), and name a GPU the task cannot see with --gpus-per-task=1 (each task sees
-  one, numbered 0). None: JAX's choice is right, or there are no GPUs."""
-  visible = environ.get('CUDA_VISIBLE_DEVICES')
-  gpus = (len([d for d in visible.split(',') if d.strip()]) if visible is not None
-          else int(environ.get('SLURM_GPUS_ON_NODE', '0') or 0))
-  nodes = int(environ.get('SLURM_JOB_NUM_NODES') or environ.get('SLURM_NNODES') or 1)
-  tasks_per_node = int(environ.get('SLURM_NTASKS', '1')) // max(nodes, 1)
-  if gpus < 1:
+  JAX's own SLURM detection gives each task only the GPU numbered SLURM_LOCALID: right when every
+  task of a node sees all of the node's GPUs, at least one per task (--ntasks-per-node=G
+  --gpus-per-node=G), and then None keeps JAX's choice. Otherwise each task drives all the GPUs it sees: one
+  task per node (--ntasks-per-node=1 --gpus-per-node=G), or GPUs bound to tasks
+  (--gpus-per-task=K, where every task numbers its own from 0). None also when there are no GPUs
+  or JAX_LOCAL_DEVICE_IDS chooses them."""
+  if environ.get('JAX_LOCAL_DEVICE_IDS'):
     return None
-  if tasks_per_node <= 1:
-    return list(range(gpus))
-  if gpus == 1:
-    return [0]
-  return None
+  visible = environ.get('CUDA_VISIBLE_DEVICES')
+  on_node = int(environ.get('SLURM_GPUS_ON_NODE', '0') or 0)
+  seen = len([d for d in visible.split(',') if d.strip()]) if visible is not None else on_node
+  if seen < 1:
+    return None
+  tasks = _tasks_on_this_node(environ)
+  if 1 < tasks <= seen and seen == (on_node or seen):
+    return None
+  return list(range(seen))
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None, timeout_s=300,

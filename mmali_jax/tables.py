@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use('Agg')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
+import ml_collections
 import numpy as np
 
 from mmali_jax import checkpointing
@@ -89,6 +90,17 @@ def _probe_settings(config):
   return {k: cfg[k] for k in ('probe_epochs', 'probe_batch_size', 'probe_lr', 'probe_holdout')}
 
 
+def _evaluated_with(config, workdir):
+  """The config whose `eval` the run's final evaluation ran with: the settings written beside
+  its metrics, else (runs evaluated before they were written) the run's stored config."""
+  stored = checkpointing.load_config(workdir)
+  path = evaluator_lib.evaluated_settings_path(workdir, int(config.num_train_steps))
+  if os.path.exists(path):
+    with open(path) as f:
+      stored.eval = ml_collections.ConfigDict(json.load(f))
+  return stored
+
+
 def _finished(config, workdir):
   """Whether the run has its final evaluation. Only the run asked for counts: a stored config
   that differs in more than the fields resuming allows (train.RESUMABLE_FIELDS: those that leave
@@ -97,7 +109,7 @@ def _finished(config, workdir):
   if not os.path.exists(_final_metrics_path(workdir, config)):
     return False
   train.check_workdir_config(config, workdir, write=False)
-  stored = _probe_settings(checkpointing.load_config(workdir))
+  stored = _probe_settings(_evaluated_with(config, workdir))
   if stored != _probe_settings(config):
     logging.warning('%s was evaluated with %s, not the %s asked for; the table shows what was '
                     'computed (python -m mmali_jax.evaluate --workdir=%s --config.eval.FIELD=VALUE '
@@ -246,7 +258,7 @@ def aggregate(runs, root):
     raise FileNotFoundError(f'No finished run under {root}: nothing to aggregate.')
   # As evaluated: a finished run may have been evaluated with other probe settings (_finished).
   probe_epochs = sorted({
-      default_config.eval_config(checkpointing.load_config(os.path.join(root, name))).probe_epochs
+      default_config.eval_config(_evaluated_with(config, os.path.join(root, name))).probe_epochs
       for name, config in runs.items()
       if os.path.exists(_final_metrics_path(os.path.join(root, name), config))})
   text = table1_markdown(cells, runs, probe_epochs)

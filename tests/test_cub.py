@@ -161,5 +161,8 @@ def test_training_and_evaluation_write_the_correlation_report(correlated_dir, tm
     grid = Image.open(tmp_path / 'run' / 'eval' / f'retrieval_{direction}.png')
     assert round(grid.height / 66) == 3  # 3 test pairs: rows of 64-pixel images, 2-pixel lines
     assert grid.width > 3 * 66  # the source and 2 neighbours, after the row labels
-  assert 'retrieval_0cap_to_1img.png' in report
+  # The report names this step's own grid (also copied to retrieval_<direction>.png, above).
+  assert 'retrieval_0cap_to_1img_step_2.png' in report
+  assert ((tmp_path / 'run' / 'eval' / 'retrieval_0cap_to_1img_step_2.png').read_bytes() ==
+          (tmp_path / 'run' / 'eval' / 'retrieval_0cap_to_1img.png').read_bytes())
   assert os.path.getsize(tmp_path / 'run' / 'samples' / 'step_0000002.png') > 0

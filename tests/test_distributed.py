@@ -17,7 +17,21 @@ from mmali_jax import distributed
     # One task per GPU, all visible: JAX's own choice (GPU SLURM_LOCALID) is right.
     ({'SLURM_NTASKS': '16', 'SLURM_JOB_NUM_NODES': '2', 'SLURM_GPUS_ON_NODE': '8',
       'CUDA_VISIBLE_DEVICES': '0,1,2,3,4,5,6,7', 'SLURM_LOCALID': '5'}, None),
-    # No GPUs (a CPU job).
+    ({'SLURM_STEP_TASKS_PER_NODE': '8(x2)', 'SLURM_NODEID': '1', 'SLURM_GPUS_ON_NODE': '8'},
+     None),
+    # Two tasks of 4 GPUs each on an 8-GPU node (--gpus-per-task=4): each drives its four.
+    ({'SLURM_STEP_TASKS_PER_NODE': '2(x2)', 'SLURM_GPUS_ON_NODE': '8',
+      'CUDA_VISIBLE_DEVICES': '4,5,6,7', 'SLURM_LOCALID': '1'}, [0, 1, 2, 3]),
+    # A step of 2 tasks on one node of a 2-node job (srun -N1 -n2): two tasks on this node, so
+    # each keeps JAX's one GPU rather than both taking all eight.
+    ({'SLURM_NTASKS': '2', 'SLURM_JOB_NUM_NODES': '2', 'SLURM_STEP_NUM_NODES': '1',
+      'CUDA_VISIBLE_DEVICES': '0,1,2,3,4,5,6,7', 'SLURM_GPUS_ON_NODE': '8'}, None),
+    # Uneven layout: node 2 of "8(x2),1" runs one task, which drives every GPU it sees.
+    ({'SLURM_STEP_TASKS_PER_NODE': '8(x2),1', 'SLURM_NODEID': '2', 'SLURM_GPUS_ON_NODE': '8'},
+     list(range(8))),
+    # The user's choice (JAX_LOCAL_DEVICE_IDS) and CPU jobs: left to JAX.
+    ({'SLURM_NTASKS': '2', 'SLURM_JOB_NUM_NODES': '2', 'SLURM_GPUS_ON_NODE': '8',
+      'JAX_LOCAL_DEVICE_IDS': '0,1'}, None),
     ({'SLURM_NTASKS': '4', 'SLURM_JOB_NUM_NODES': '2'}, None),
 ])
 def test_each_slurm_task_drives_the_gpus_it_is_given(environ, expected):
@@ -27,7 +41,9 @@ def test_each_slurm_task_drives_the_gpus_it_is_given(environ, expected):
 def _joined(monkeypatch, environ, **kwargs):
   """The arguments initialize passes to jax.distributed.initialize (None: not called)."""
   for key in ('SLURM_NTASKS', 'SLURM_JOB_ID', 'SLURM_JOB_NUM_NODES', 'SLURM_GPUS_ON_NODE',
-              'CUDA_VISIBLE_DEVICES', 'TPU_WORKER_HOSTNAMES'):
+              'SLURM_STEP_TASKS_PER_NODE', 'SLURM_TASKS_PER_NODE', 'SLURM_STEP_NUM_NODES',
+              'SLURM_NNODES', 'SLURM_NODEID', 'JAX_LOCAL_DEVICE_IDS', 'CUDA_VISIBLE_DEVICES',
+              'TPU_WORKER_HOSTNAMES'):
     monkeypatch.delenv(key, raising=False)
   for key, value in environ.items():
     monkeypatch.setenv(key, value)

@@ -77,6 +77,14 @@ def test_table1_sweep_on_generated_data(tmp_path):
   other = tables.table1_runs(_tiny, seeds=2, modalities=(2,), overrides={'eval.probe_epochs': 7})
   assert tables.train_and_evaluate_runs(other, root, must_not_train) == []
   assert 'probe: 2 epochs' in tables.aggregate(other, root)
+  # One run evaluated again with other settings (python -m mmali_jax.evaluate --config.eval...):
+  # the table says so, although the run's stored config still names the training's.
+  workdir = os.path.join(root, 'mm2_factorized_seed1')
+  again = checkpointing.load_config(workdir)
+  again.eval.probe_epochs = 3
+  with tfds.testing.mock_data(num_examples=24):
+    evaluate.evaluate(again, workdir)
+  assert 'probe: 2, 3 epochs' in tables.aggregate(runs, root)
 
   # The sweep copied to another machine: `python -m mmali_jax.evaluate` on one of its runs still
   # finds the shared classifiers, and computes the same coherence as the sweep did.

@@ -15,7 +15,8 @@ experiments (the default), 'correlation' (CCA, Table 4) and 'retrieval' for two 
 modalities (CUB).
 
 Each run writes <workdir>/eval/metrics.json and report.md (the latest evaluation) and
-metrics_step_<N>.json, report_step_<N>.md, and, as chosen, figure3.png and figure4.png, or
+metrics_step_<N>.json, report_step_<N>.md, eval_config_step_<N>.json (the settings used), and,
+as chosen, figure3.png and figure4.png, or
 retrieval.json (and retrieval_*.png when the images are on disk), each also as <name>_step_<N>,
 so that evaluating an earlier step again replaces no other step's. Accuracies are %.
 """
@@ -51,6 +52,11 @@ def probe_modalities(mods):
   """The modalities whose encoders are probed: one per dataset, the unrotated one (Table 1 probes
   the encoder of the unrotated MultiMNIST modality; Tables 2-3 probe MNIST and SVHN)."""
   return [m for m in mods if m.rotation == 0]
+
+
+def evaluated_settings_path(workdir, step):
+  """The `config.eval` an evaluation of `step` ran with (written beside its metrics)."""
+  return os.path.join(workdir, 'eval', f'eval_config_step_{step}.json')
 
 
 class Evaluator:
@@ -274,7 +280,8 @@ class Evaluator:
         path = os.path.join(self.out_dir, f'retrieval_{direction}_step_{step}.png')
         if retrieval.write_grid(rows, [f'pair {r["test_pair"]}' for r in records],
                                 cfg.images_dir, path):
-          written.append(os.path.basename(self._latest_copy(path, step)))
+          self._latest_copy(path, step)
+          written.append(os.path.basename(path))  # this step's own, as the report is
       notes.append(f'Retrieval grids (source image, then the neighbours\' images): '
                    f'{", ".join(written) or "none: images missing in " + cfg.images_dir}.')
     return notes
@@ -332,10 +339,13 @@ class Evaluator:
       figures.figure4(encoders, decoders, self._figure_images, self.config.style_dim,
                       rng=jax.random.PRNGKey(seed + 1), path=path)
       self._latest_copy(path, step)
-    # metrics.json / report.md describe the latest evaluation; each step's are kept too.
+    # metrics.json / report.md describe the latest evaluation; each step's are kept too, with
+    # the evaluation settings they were computed with (an evaluate command may override them).
     for name in ('metrics.json', f'metrics_step_{step}.json'):
       with open(os.path.join(self.out_dir, name), 'w') as f:
         json.dump(metrics, f, indent=2)
+    with open(evaluated_settings_path(self.workdir, step), 'w') as f:
+      json.dump(json.loads(self.eval_cfg.to_json_best_effort()), f, indent=2)
     text = report.report(self.config, metrics, self.workdir, notes)
     for name in ('report.md', f'report_step_{step}.md'):
       with open(os.path.join(self.out_dir, name), 'w') as f:
