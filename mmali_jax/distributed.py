@@ -67,8 +67,8 @@ def slurm_local_device_ids(environ):
 
   JAX's own SLURM detection gives each task only the GPU numbered SLURM_LOCALID: right when every
   task of a node sees all of the node's GPUs, at least one per task (--ntasks-per-node=G
-  --gpus-per-node=G), and then None keeps JAX's choice. Otherwise each task drives all the GPUs it sees: one
-  task per node (--ntasks-per-node=1 --gpus-per-node=G), or GPUs bound to tasks
+  --gpus-per-node=G), and then None keeps JAX's choice. Otherwise each task drives all the GPUs
+  it sees: one task per node (--ntasks-per-node=1 --gpus-per-node=G), or GPUs bound to tasks
   (--gpus-per-task=K, where every task numbers its own from 0). None also when there are no GPUs
   or JAX_LOCAL_DEVICE_IDS chooses them."""
   if environ.get('JAX_LOCAL_DEVICE_IDS'):
