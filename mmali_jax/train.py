@@ -214,7 +214,8 @@ class NonFiniteError(FloatingPointError):
 
 class ProgressReport(writers.periodic_actions.ReportProgress):
   """clu's progress report (steps/s, ETA, share of time per part), whose steps/s and ETA leave
-  out the time spent in `excluded` blocks (evaluation), which would otherwise distort both."""
+  out the time spent in `excluded` blocks (compiling, evaluation), which would otherwise distort
+  both."""
 
   def _init_and_check(self, step, t):
     # Accept several steps per call (one call per dispatch of several iterations).
@@ -319,11 +320,14 @@ def train_and_evaluate(config, workdir):
     for dispatch, (step, num_steps) in enumerate(dispatch_sizes(
         start, config.num_train_steps, steps_per_dispatch(config), boundaries)):
       if num_steps not in compiled:
-        compiled[num_steps] = train_steps.lower(state, data, num_steps).compile()
-        # A program's first run sets up its collectives between processes, and on CPU (gloo)
-        # that waits only 30 s for the other processes: after compiling (whose time differs
-        # between processes), they start it together.
-        distributed.barrier(f'mmali_train_steps_{num_steps}_from_step_{step}')
+        # Not training time: a dispatch size first met later (the last, shorter dispatch; a
+        # resume off the log grid) would otherwise show as a drop in steps/s and stretch the ETA.
+        with report.excluded('compile'):
+          compiled[num_steps] = train_steps.lower(state, data, num_steps).compile()
+          # A program's first run sets up its collectives between processes, and on CPU (gloo)
+          # that waits only 30 s for the other processes: after compiling (whose time differs
+          # between processes), they start it together.
+          distributed.barrier(f'mmali_train_steps_{num_steps}_from_step_{step}')
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = compiled[num_steps](state, data)
       pending.append((step, num_steps, metrics))

@@ -161,13 +161,18 @@ def four_steps(tmp_path_factory):
 @pytest.mark.xdist_group('four_steps')  # one worker runs the fixture's training once
 def test_sync_point_ids_count_dispatches_and_evaluated_steps_keep_checkpoints(tmp_path,
                                                                               monkeypatch):
+  """One short run checks three things of the loop: preemption ids, kept checkpoints, and what
+  the progress report leaves out."""
   # JAX's multi-process preemption sync point is the highest id any process reported, plus one,
   # and is only reached by a call with exactly that id: ids that jumped by the steps of a
   # dispatch (2 here) would never reach it, and a preempted job would train on until killed.
-  seen = []
+  seen, excluded = [], []
   real = preemption.StopRequest.requested
   monkeypatch.setattr(preemption.StopRequest, 'requested',
                       lambda self, i: seen.append(i) or real(self, i))
+  real_excluded = train.ProgressReport.excluded
+  monkeypatch.setattr(train.ProgressReport, 'excluded',
+                      lambda self, name: excluded.append(name) or real_excluded(self, name))
   config = small_config('multimnist', num_train_steps=6, log_every_steps=2,
                         checkpoint_every_steps=2)
   config.steps_per_dispatch = 2
@@ -176,6 +181,9 @@ def test_sync_point_ids_count_dispatches_and_evaluated_steps_keep_checkpoints(tm
   config.eval.evaluators = ('figures',)
   _train(config, str(tmp_path / 'run'))
   assert seen == [0, 1, 2]
+  # Compiling (once: every dispatch runs 2 steps) and evaluating (step 4 and the last) are left
+  # out of steps/s and the ETA.
+  assert excluded == ['compile', 'eval', 'eval']
   # Checkpoints of steps 2, 4, 6: the newest is kept, and the evaluated step 4 (to evaluate
   # again later).
   assert _steps(str(tmp_path / 'run')) == {4, 6}
