@@ -102,19 +102,21 @@ def _evaluated_with(config, workdir):
 
 
 def _finished(config, workdir):
-  """Whether the run has its final evaluation. Only the run asked for counts: a stored config
-  that differs in more than the fields resuming allows (train.RESUMABLE_FIELDS: those that leave
-  the trained numbers unchanged) is refused with WorkdirConfigError, so a table never shows
-  other runs under this sweep's settings."""
+  """The config the run's final evaluation ran with (`_evaluated_with`), or None while it has
+  none. Only the run asked for counts: a stored config that differs in more than the fields
+  resuming allows (train.RESUMABLE_FIELDS: those that leave the trained numbers unchanged) is
+  refused with WorkdirConfigError, so a table never shows other runs under this sweep's
+  settings."""
   if not os.path.exists(_final_metrics_path(workdir, config)):
-    return False
+    return None
   train.check_workdir_config(config, workdir, write=False)
-  stored = _probe_settings(_evaluated_with(config, workdir))
-  if stored != _probe_settings(config):
+  evaluated = _evaluated_with(config, workdir)
+  stored, asked = _probe_settings(evaluated), _probe_settings(config)
+  if stored != asked:
     logging.warning('%s was evaluated with %s, not the %s asked for; the table shows what was '
                     'computed (python -m mmali_jax.evaluate --workdir=%s --config.eval.FIELD=VALUE '
-                    're-evaluates it).', workdir, stored, _probe_settings(config), workdir)
-  return True
+                    're-evaluates it).', workdir, stored, asked, workdir)
+  return evaluated
 
 
 def train_and_evaluate_runs(runs, root, train_fn):
@@ -125,7 +127,7 @@ def train_and_evaluate_runs(runs, root, train_fn):
   started = []
   for name, config in runs.items():
     workdir = os.path.join(root, name)
-    if _finished(config, workdir):
+    if _finished(config, workdir) is not None:
       logging.info('%s: done (final evaluation found); skipped.', name)
       continue
     logging.info('%s: training to step %d.', name, config.num_train_steps)
@@ -138,13 +140,16 @@ def train_and_evaluate_runs(runs, root, train_fn):
 
 
 def collect(runs, root):
-  """{(M, kind): {readout: [values over seeds]}} from the runs' final metrics (missing runs are
-  left out)."""
-  cells = {}
+  """({(M, kind): {readout: [values over seeds]}}, {run name: the config its final evaluation ran
+  with}) from the runs' final metrics (missing runs are left out)."""
+  cells, evaluated = {}, {}
   for name, config in runs.items():
-    path = _final_metrics_path(os.path.join(root, name), config)
-    if not _finished(config, os.path.join(root, name)):
+    workdir = os.path.join(root, name)
+    evaluated_with = _finished(config, workdir)
+    if evaluated_with is None:
       continue
+    evaluated[name] = evaluated_with
+    path = _final_metrics_path(workdir, config)
     with open(path) as f:
       metrics = json.load(f)
     probed = [m.name for m in config.modalities if m.rotation == 0][0]
@@ -155,12 +160,11 @@ def collect(runs, root):
       if key not in metrics:
         raise checkpointing.CheckpointError(
             f'{path} has no {key}: the run was evaluated without the latent probe of all of z. '
-            'Re-evaluate it with python -m mmali_jax.evaluate --workdir='
-            f'{os.path.join(root, name)} '
+            f'Re-evaluate it with python -m mmali_jax.evaluate --workdir={workdir} '
             '"--config.eval.evaluators=(\'latent_probe\', \'coherence\', \'figures\')" '
             '"--config.eval.probe_parts=(\'both\', \'content\', \'style\')"')
       cell.setdefault(readout, []).append(metrics[key])
-  return cells
+  return cells, evaluated
 
 
 def mean_std(values):
@@ -253,14 +257,11 @@ def table1_figure(cells, runs, path):
 
 def aggregate(runs, root):
   """Writes <root>/table1.md and table1.png from the runs done so far; returns the markdown."""
-  cells = collect(runs, root)
+  cells, evaluated = collect(runs, root)
   if not cells:
     raise FileNotFoundError(f'No finished run under {root}: nothing to aggregate.')
   # As evaluated: a finished run may have been evaluated with other probe settings (_finished).
-  probe_epochs = sorted({
-      default_config.eval_config(_evaluated_with(config, os.path.join(root, name))).probe_epochs
-      for name, config in runs.items()
-      if os.path.exists(_final_metrics_path(os.path.join(root, name), config))})
+  probe_epochs = sorted({default_config.eval_config(c).probe_epochs for c in evaluated.values()})
   text = table1_markdown(cells, runs, probe_epochs)
   with open(os.path.join(root, 'table1.md'), 'w') as f:
     f.write(text)

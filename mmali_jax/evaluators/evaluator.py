@@ -16,9 +16,9 @@ modalities (CUB).
 
 Each run writes <workdir>/eval/metrics.json and report.md (the latest evaluation) and
 metrics_step_<N>.json, report_step_<N>.md, eval_config_step_<N>.json (the settings used), and,
-as chosen, figure3.png and figure4.png, or
-retrieval.json (and retrieval_*.png when the images are on disk), each also as <name>_step_<N>,
-so that evaluating an earlier step again replaces no other step's. Accuracies are %.
+as chosen, figure3.png and figure4.png, or retrieval.json (and retrieval_*.png when the images
+are on disk), each also as <name>_step_<N>, so that evaluating an earlier step again replaces no
+other step's. Accuracies are %.
 """
 import json
 import os
@@ -320,10 +320,8 @@ class Evaluator:
   @staticmethod
   def _latest_copy(path, step):
     """Copies <name>_step_<N>.png to <name>.png, the latest evaluation's (as metrics.json);
-    returns the copy's path. Every step keeps its own."""
-    latest = path.replace(f'_step_{step}.png', '.png')
-    shutil.copyfile(path, latest)
-    return latest
+    every step keeps its own."""
+    shutil.copyfile(path, path.replace(f'_step_{step}.png', '.png'))
 
   def _write(self, metrics, notes, params, seed):
     os.makedirs(self.out_dir, exist_ok=True)
