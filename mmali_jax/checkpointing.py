@@ -1,8 +1,12 @@
 """Checkpoints with orbax: the full training state, and the EMA generators as their own item.
 
-Layout: <workdir>/checkpoints/<step>/{train,ema}. `train` holds everything needed to resume
-(parameters, optimizer states, spectral-norm vectors, step, RNG); `ema` holds the EMA encoder and
-decoder parameters alone, so evaluation restores them without building optimizers.
+Layout: <workdir>/checkpoints/<step>/{train,ema,unlogged}. `train` holds everything needed to
+resume (parameters, optimizer states, spectral-norm vectors, step, RNG); `ema` holds the EMA
+encoder and decoder parameters alone, so evaluation restores them without building optimizers;
+`unlogged` holds the losses of the steps since the last logged step (empty unless the run was
+stopped between two logging steps), so that a resumed run logs the same averages as an
+uninterrupted one. Checkpoints written before `unlogged` existed restore without it. (Not named
+`metrics`: orbax's manager reads an item of that name from every checkpoint when it starts.)
 """
 import json
 import os
@@ -45,7 +49,8 @@ def _manager(workdir, keep=None, create=False, keep_every=None):
   # metadata can be read before restoring it.
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_handlers={'train': ocp.StandardCheckpointHandler(),
-                                              'ema': ocp.StandardCheckpointHandler()})
+                                              'ema': ocp.StandardCheckpointHandler(),
+                                              'unlogged': ocp.JsonCheckpointHandler()})
 
 
 def _split(state):
@@ -107,15 +112,17 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, state):
+  def save(self, state, unlogged=()):
     """Saves the state's arrays as they are sharded (every process of a job takes part; orbax
-    copies them off the devices before returning and writes in the background)."""
+    copies them off the devices before returning and writes in the background), and `unlogged`:
+    [(first step, number of steps, {name: float})] not yet logged."""
     train, ema = _split(state)
     step = int(distributed.local(train['step']))
     previous = self.manager.latest_step()
     try:
       self.manager.save(step, args=ocp.args.Composite(
-          train=ocp.args.StandardSave(train), ema=ocp.args.StandardSave(ema)))
+          train=ocp.args.StandardSave(train), ema=ocp.args.StandardSave(ema),
+          unlogged=ocp.args.JsonSave([list(m) for m in unlogged])))
     except OSError as err:
       raise CheckpointError(self._write_failure(step, previous, err)) from None
     return step
@@ -129,18 +136,26 @@ class Checkpointer:
 
   def restore(self, template):
     """Restores the newest readable checkpoint into the structure and shardings of `template`
-    (None if there is none); the number of processes and devices may differ from the saving
-    run's. Unreadable checkpoints are set aside (`unreadable_dir`) with a warning."""
+    -> (state, the unlogged metrics saved with it), or None if there is none; the number of
+    processes and devices may differ from the saving run's. Unreadable checkpoints are set aside
+    (`unreadable_dir`) with a warning."""
     train, ema = _split(template)
-    args = ocp.args.Composite(train=ocp.args.StandardRestore(_abstract(train)),
-                              ema=ocp.args.StandardRestore(_abstract(ema)))
-    found = _restore_newest_readable(self.manager, self.workdir,
-                                     lambda step: self.manager.restore(step, args=args))
+    items = dict(train=ocp.args.StandardRestore(_abstract(train)),
+                 ema=ocp.args.StandardRestore(_abstract(ema)))
+
+    def restore(step):
+      with_unlogged = (checkpoint_dir(self.workdir) / str(step) / 'unlogged').exists()
+      args = dict(items, unlogged=ocp.args.JsonRestore()) if with_unlogged else items
+      return self.manager.restore(step, args=ocp.args.Composite(**args))
+
+    found = _restore_newest_readable(self.manager, self.workdir, restore)
     if found is None:
       return None
     restored, _ = found
     tree = dict(restored['train'], ema_params=restored['ema'])
-    return flax.serialization.from_state_dict(template, tree)
+    unlogged = [(int(first), int(n), dict(values))
+                for first, n, values in (restored.get('unlogged') or [])]
+    return flax.serialization.from_state_dict(template, tree), unlogged
 
   def wait(self):
     """Returns once every started save is on disk (a failed background write is an error)."""
@@ -155,6 +170,17 @@ class Checkpointer:
       self.wait()
     finally:
       self.manager.close()
+
+
+def latest_step(workdir):
+  """The newest checkpoint's step of a run (None if it has none), read without creating anything."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  manager = _manager(workdir)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
 
 
 def host_target(tree):

@@ -181,14 +181,18 @@ def barrier(name, timeout_s=1800):
     orbax_multihost.sync_global_processes(name, timeout=timeout_s)
 
 
-def check_same_config(config_json):
-  """Stops every process with a clear error when the processes were given different configs."""
+def check_same(text, what, fix):
+  """Stops every process with one clear error when `text` (a config, a data fingerprint) differs
+  between the processes of the job; `what` names it, `fix` says what to do."""
   if jax.process_count() == 1:
     return
-  digest = np.frombuffer(hashlib.sha256(config_json.encode()).digest()[:8], np.int32)
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)
   digests = multihost_utils.process_allgather(digest)
   if not np.all(digests == digests[0]):
     differing = [p for p in range(len(digests)) if not np.array_equal(digests[p], digests[0])]
-    raise DistributedError(
-        f'The processes were started with different configs (processes {differing} differ from '
-        'process 0). Start every process with the same command and flags.')
+    raise DistributedError(f'The processes have different {what} (processes {differing} differ '
+                           f'from process 0). {fix}')
+
+
+def check_same_config(config_json):
+  check_same(config_json, 'configs', 'Start every process with the same command and flags.')

@@ -169,10 +169,29 @@ def check_workdir_config(config, workdir, write=True):
     if changed:
       details = ', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed)
       raise checkpointing.WorkdirConfigError(
-          f'{workdir} holds a run with a different config ({details}). Its checkpoints were '
-          'left untouched; use a new --workdir, or the original config to resume.')
+          f'{workdir} holds a run with a different config ({details}). Nothing in it was '
+          'changed; use a new --workdir, or the original config to resume.')
   if write:
     writers.write_atomically(path, json.dumps(current, indent=2))
+
+
+def check_workdir_data(fingerprint, workdir, resuming, write=True):
+  """Refuses to resume a run on other training data than it started with (another TFDS version,
+  data.tfds_data_dir pointing at other files, another pairing): the (seed, step) sampler would
+  draw other batches than the uninterrupted run. Writes <workdir>/train_data.json (if `write`)."""
+  path = os.path.join(workdir, 'train_data.json')
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+    if changed:
+      details = '; '.join(f'{k}: {saved.get(k)} -> {fingerprint.get(k)}' for k in changed)
+      raise checkpointing.WorkdirConfigError(
+          f'{workdir} holds a run trained on other data than this command loads ({details}; '
+          'shape, dtype, sha256). Nothing in it was changed; point data.tfds_data_dir at the data '
+          'the run started with, or use a new --workdir.')
+  if write:
+    writers.write_atomically(path, json.dumps(fingerprint, indent=2))
 
 
 def _checked_average(pending, workdir, saved_step):
@@ -255,6 +274,11 @@ def train_and_evaluate(config, workdir):
   config_checks.check_images(mods, dataset)
   config_checks.check_training_data(config, dataset)
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
+  fingerprint = dataset.fingerprint()
+  distributed.check_same(json.dumps(fingerprint, sort_keys=True), 'training data',
+                         'Give every process the same data (data.tfds_data_dir, TFDS version).')
+  check_workdir_data(fingerprint, workdir, write=False,
+                     resuming=checkpointing.latest_step(workdir) is not None)
   os.makedirs(workdir, exist_ok=True)
   train_steps, shardings = compile_train_steps(config, gen, disc, mods, mesh)
   data = distributed.replicate(train_step_lib.device_data(dataset, config.seed),
@@ -263,9 +287,10 @@ def train_and_evaluate(config, workdir):
                                 shardings.replicated)
   eval_every = default_config.eval_config(config).every_steps
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, keep_every=eval_every)
+  pending = []  # (first step, number of steps, their mean metrics) not yet logged
   restored = checkpointer.restore(state)
   if restored is not None:
-    state = restored
+    state, pending = restored  # the losses of a run stopped between two logging steps
     logging.info('Resumed %s from step %d.', workdir, int(distributed.local(state.step)))
   start = int(distributed.local(state.step))
   if start >= config.num_train_steps:
@@ -276,6 +301,7 @@ def train_and_evaluate(config, workdir):
   # Written once training is certain to go on: a rerun with nothing to do leaves the stored config
   # (and the number of steps it names) as the run made it.
   check_workdir_config(config, workdir, write=main_process)
+  check_workdir_data(fingerprint, workdir, resuming=False, write=main_process)
 
   # Fixed inputs and noise for the sample grids, the same at every checkpoint and on resume.
   rng = np.random.default_rng([config.seed, 7])
@@ -293,9 +319,12 @@ def train_and_evaluate(config, workdir):
   if start == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
 
-  def save(state):
-    """Checkpoint (all processes), sample grid and loss curves (process 0) of the current step."""
-    step = checkpointer.save(state)
+  def save(state, pending):
+    """Checkpoint (all processes) with the metrics not yet logged, sample grid and loss curves
+    (process 0) of the current step."""
+    step = checkpointer.save(state, [(first, n, {k: float(v) for k, v in
+                                                 distributed.local(m).items()})
+                                     for first, n, m in pending])
     if not main_process:
       return
     # On this process's copy of the EMA weights: no other process takes part.
@@ -311,7 +340,6 @@ def train_and_evaluate(config, workdir):
                           every_steps=config.log_every_steps)
   # The reference evaluates every 50,000 iterations and after the last one; 0 turns it off.
   evaluator = evaluator_lib.Evaluator(config, workdir)  # built on its first run
-  pending = []  # (first step, number of steps, their mean metrics on the device)
   boundaries = (config.log_every_steps, config.checkpoint_every_steps, eval_every)
   saved_step = start
   stop = preemption.StopRequest()
@@ -341,11 +369,15 @@ def train_and_evaluate(config, workdir):
       if log_now or save_now or eval_now or preempted:
         # Nothing non-finite reaches a log, a checkpoint or an evaluation.
         averaged = _checked_average(pending, workdir, saved_step)
-        pending = []
-        writer.write_scalars(done, averaged)
         _check_finite_state(state, done, workdir, saved_step)
+        if log_now or save_now or eval_now:
+          writer.write_scalars(done, averaged)
+          pending = []
+        else:  # Stopped between two logging steps: the checkpoint carries them to the next.
+          logging.info('Losses of steps %d-%d: %s (logged with the next logging step once '
+                       'resumed).', pending[0][0] + 1, done, averaged)
       if save_now or eval_now or preempted:
-        save(state)  # every evaluated step has its checkpoint, to evaluate again later
+        save(state, pending)  # every evaluated step has its checkpoint, to evaluate again later
         saved_step = done
       if eval_now and main_process:  # once, on this process's copy of the EMA weights
         with report.excluded('eval'):

@@ -23,6 +23,8 @@ def main():
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--steps', type=int, required=True)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num_examples', type=int, default=24,
+                      help='Examples per split of the generated MNIST.')
   parser.add_argument('--slow_start_s', type=float, default=0,
                       help='Seconds this process takes longer to reach its first training step '
                       '(after the processes restored their checkpoint together).')
@@ -59,7 +61,7 @@ def main():
       return make_sample_fn(*a, **k)
 
     samples.make_sample_fn = slow_make_sample_fn
-  with tfds.testing.mock_data(num_examples=24):
+  with tfds.testing.mock_data(num_examples=args.num_examples):
     state = train.train_and_evaluate(config, args.workdir)
   params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,
                               'ema': state.ema_params, 'stats': state.disc_stats})

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from mmali_jax import checkpointing
 from mmali_jax import config_checks
+from mmali_jax import curves
 from mmali_jax import preemption
 from mmali_jax import train
 from mmali_jax.data import pipeline
@@ -187,6 +188,49 @@ def test_sync_point_ids_count_dispatches_and_evaluated_steps_keep_checkpoints(tm
   # Checkpoints of steps 2, 4, 6: the newest is kept, and the evaluated step 4 (to evaluate
   # again later).
   assert _steps(str(tmp_path / 'run')) == {4, 6}
+
+
+def _losses(workdir):
+  return {tag: points for tag, points in curves.read_scalars(workdir).items()
+          if tag.startswith(('d/', 'g/'))}
+
+
+def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_its_data_only(
+    tmp_path, monkeypatch):
+  """Stopped at step 3 of a 4-step logging window, the run logs nothing at 3; the checkpoint
+  carries steps 1-3's losses, so the resumed run logs at step 4 the average over steps 1-4, as
+  the uninterrupted run does. Resuming on other data is refused before anything is written."""
+  config = small_config('multimnist', num_train_steps=4, log_every_steps=4,
+                        checkpoint_every_steps=4)
+  whole, stopped = str(tmp_path / 'whole'), str(tmp_path / 'stopped')
+  _train(config, whole)
+
+  def stop_after_step_3(self, dispatch):
+    if dispatch == 2:
+      self.reason = 'a test'
+    return self.reason is not None
+
+  with monkeypatch.context() as patch:
+    patch.setattr(preemption.StopRequest, 'requested', stop_after_step_3)
+    with pytest.raises(preemption.Preempted, match='at step 3 of 4'):
+      _train(config, stopped)
+  assert _steps(stopped) == {3} and not _losses(stopped)  # nothing logged off the grid
+
+  before = sorted(os.listdir(stopped))
+  sources.clear_cache()  # loaded splits are cached per process
+  with tfds.testing.mock_data(num_examples=32):  # other MNIST files than the run started with
+    with pytest.raises(checkpointing.WorkdirConfigError,
+                       match=r'other data .*examples of .*sha256.*data.tfds_data_dir'):
+      train.train_and_evaluate(config, stopped)
+  sources.clear_cache()
+  assert sorted(os.listdir(stopped)) == before and _steps(stopped) == {3}
+
+  _train(config, stopped)
+  expected, resumed = _losses(whole), _losses(stopped)
+  assert sorted(resumed) == sorted(expected) and expected
+  for tag, points in expected.items():
+    assert [s for s, _ in resumed[tag]] == [s for s, _ in points] == [4], tag
+    np.testing.assert_allclose(resumed[tag][0][1], points[0][1], rtol=1e-6, err_msg=tag)
 
 
 @pytest.mark.parametrize('how', ['truncated files', 'a missing item', 'no commit'])

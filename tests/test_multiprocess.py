@@ -53,8 +53,8 @@ def one_device(tmp_path_factory):
   return _train_here(str(tmp_path_factory.mktemp('one')), 4, num_devices=1)
 
 
-def _launch(workdir, steps, processes, devices, cache, seeds=None, last_slower_s=0,
-            meanwhile=None):
+def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=None,
+            last_slower_s=0, meanwhile=None):
   """Starts the job's processes, calls `meanwhile()` while they run; -> [(return code, output)]
   per process. The last one reaches its first training step `last_slower_s` seconds later."""
   port = _free_port()
@@ -64,6 +64,7 @@ def _launch(workdir, steps, processes, devices, cache, seeds=None, last_slower_s
                f'--process_id={k}', f'--num_processes={processes}', f'--port={port}',
                f'--devices={devices}', f'--workdir={workdir}', f'--steps={steps}',
                f'--seed={(seeds or [0] * processes)[k]}',
+               f'--num_examples={(num_examples or [24] * processes)[k]}',
                f'--slow_start_s={last_slower_s if k == processes - 1 else 0}']
               for k in range(processes)]
   jobs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -170,11 +171,18 @@ def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, cache, two_
     assert os.listdir(workdir / 'samples') == ['step_0000004.png']
 
 
-def test_processes_with_different_configs_stop_before_training(tmp_path, cache):
-  results = _launch(str(tmp_path / 'run'), 2, processes=2, devices=4, cache=cache, seeds=[0, 1])
+@pytest.mark.parametrize('differing, message', [
+    ({'seeds': [0, 1]}, 'The processes have different configs (processes [1] differ from '
+                        'process 0). Start every process with the same command'),
+    ({'num_examples': [24, 32]}, 'The processes have different training data (processes [1] '
+                                 'differ from process 0). Give every process the same data'),
+])
+def test_processes_with_different_configs_or_data_stop_before_training(tmp_path, cache, differing,
+                                                                       message):
+  results = _launch(str(tmp_path / 'run'), 2, processes=2, devices=4, cache=cache, **differing)
   for returncode, out in results:
     assert returncode != 0
-    assert 'The processes were started with different configs (processes [1] differ' in out
+    assert message in out
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 

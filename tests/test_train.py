@@ -242,5 +242,5 @@ def test_a_run_stored_before_new_config_fields_still_resumes(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps(stored))
   train.check_workdir_config(config, str(tmp_path), write=False)
   config.joint_critic_width = 512
-  with pytest.raises(ValueError, match='joint_critic_width: 1024 -> 512'):
+  with pytest.raises(ValueError, match=r'joint_critic_width: 1024 -> 512\). Nothing in it was'):
     train.check_workdir_config(config, str(tmp_path), write=False)

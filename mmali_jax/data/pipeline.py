@@ -3,6 +3,7 @@
 The training batches are drawn from them on the device (`mmali_jax.data.sampler`).
 """
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -76,6 +77,16 @@ class MultimodalDataset:
     """{name: examples} of the given pairs."""
     rows = self.pairs[np.asarray(pair_indices)]
     return {m.name: m.images[rows[:, k]] for k, m in enumerate(self.modalities)}
+
+  def fingerprint(self):
+    """{part: 'shape dtype sha256'} of the arrays training samples from (each modality's
+    examples, in order, and the pairs): a resumed run, and every process of a job, must draw its
+    batches from exactly these, or the (seed, step) sampler gives other batches."""
+    parts = {f'examples of {m.name}': m.images for m in self.modalities}
+    parts['pairs'] = self.pairs.astype(np.int64)
+    return {name: f'{list(a.shape)} {a.dtype} '
+                  f'{hashlib.sha256(np.ascontiguousarray(a).data.cast("B")).hexdigest()[:16]}'
+            for name, a in parts.items()}
 
 
 def load_dataset(config, split):
