@@ -144,8 +144,10 @@ class Checkpointer:
                  ema=ocp.args.StandardRestore(_abstract(ema)))
 
     def restore(step):
-      with_unlogged = (checkpoint_dir(self.workdir) / str(step) / 'unlogged').exists()
-      args = dict(items, unlogged=ocp.args.JsonRestore()) if with_unlogged else items
+      # Decided by the items the checkpoint was saved with, not by the folders there: one saved
+      # with `unlogged` that lost it is unreadable, as one that lost `ema` is.
+      saved = self.manager.metadata(step).item_handlers or {}
+      args = dict(items, unlogged=ocp.args.JsonRestore()) if 'unlogged' in saved else items
       return self.manager.restore(step, args=ocp.args.Composite(**args))
 
     found = _restore_newest_readable(self.manager, self.workdir, restore)

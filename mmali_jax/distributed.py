@@ -186,6 +186,9 @@ def check_same(text, what, fix):
   between the processes of the job; `what` names it, `fix` says what to do."""
   if jax.process_count() == 1:
     return
+  # The processes get here at different times (loading data takes longer on some hosts), and on
+  # CPU a collective's first use waits only 30 s for the others: meet through the runtime first.
+  barrier(f'mmali_check_same_{what.replace(" ", "_")}')
   digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)
   digests = multihost_utils.process_allgather(digest)
   if not np.all(digests == digests[0]):

@@ -180,7 +180,11 @@ def check_workdir_data(fingerprint, workdir, resuming, write=True):
   data.tfds_data_dir pointing at other files, another pairing): the (seed, step) sampler would
   draw other batches than the uninterrupted run. Writes <workdir>/train_data.json (if `write`)."""
   path = os.path.join(workdir, 'train_data.json')
-  if resuming and os.path.exists(path):
+  if resuming and not os.path.exists(path):
+    logging.warning('%s was started before runs recorded their training data (train_data.json): '
+                    'whether this command loads the same data cannot be checked; from now on it '
+                    'is checked against the data loaded now.', workdir)
+  elif resuming:
     with open(path) as f:
       saved = json.load(f)
     changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
@@ -296,6 +300,10 @@ def train_and_evaluate(config, workdir):
   if start >= config.num_train_steps:
     logging.info('%s has already trained %d >= %d steps; nothing to do.', workdir, start,
                  config.num_train_steps)
+    if pending:  # Stopped between two logging steps, and now asked to end there: log them.
+      writer = writers.create(workdir, main_process)
+      writer.write_scalars(start, _checked_average(pending, workdir, start))
+      writer.close()
     checkpointer.close()
     return state
   # Written once training is certain to go on: a rerun with nothing to do leaves the stored config
@@ -358,6 +366,15 @@ def train_and_evaluate(config, workdir):
           distributed.barrier(f'mmali_train_steps_{num_steps}_from_step_{step}')
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = compiled[num_steps](state, data)
+      if pending and set(pending[-1][2]) != set(metrics):
+        # Carried over from a checkpoint of code with other loss terms: they cannot be averaged
+        # with this code's, so they are logged on their own, at the step they end.
+        ended = pending[-1][0] + pending[-1][1]
+        logging.warning('The losses of steps %d-%d, stored in the checkpoint, name other terms '
+                        'than this code computes; they are logged at step %d on their own.',
+                        pending[0][0] + 1, ended, ended)
+        writer.write_scalars(ended, _checked_average(pending, workdir, saved_step))
+        pending = []
       pending.append((step, num_steps, metrics))
       done = step + num_steps
       report(done)
