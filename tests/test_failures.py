@@ -152,11 +152,15 @@ def _damage(workdir, step, how):
     os.makedirs(os.path.join(folder, 'ema'))
 
 
+FOUR_STEPS = dict(num_train_steps=4, checkpoint_every_steps=2, log_every_steps=4)
+
+
 @pytest.fixture(scope='session')
 def four_steps(tmp_path_factory):
-  """A run of 4 steps with checkpoints at 2 and 4, and its final generator weights."""
+  """A run of 4 steps with checkpoints (and logs) at 2 and 4: (its workdir, its final generator
+  weights). Tests copy the workdir before changing anything in it."""
   workdir = str(tmp_path_factory.mktemp('four_steps'))
-  config = small_config('multimnist', num_train_steps=4, checkpoint_every_steps=2)
+  config = small_config('multimnist', **FOUR_STEPS)
   return workdir, train.distributed.local(_train(config, workdir).gen_params)
 
 
@@ -195,15 +199,15 @@ def _losses(workdir):
           if tag.startswith(('d/', 'g/'))}
 
 
+@pytest.mark.xdist_group('four_steps')
 def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_its_data_only(
-    tmp_path, monkeypatch):
-  """Stopped at step 3 of a 4-step logging window, the run logs nothing at 3; the checkpoint
-  carries steps 1-3's losses, so the resumed run logs at step 4 the average over steps 1-4, as
-  the uninterrupted run does. Resuming on other data is refused before anything is written."""
-  config = small_config('multimnist', num_train_steps=4, log_every_steps=4,
-                        checkpoint_every_steps=4)
-  whole, stopped = str(tmp_path / 'whole'), str(tmp_path / 'stopped')
-  _train(config, whole)
+    tmp_path, monkeypatch, four_steps):
+  """Stopped at step 3, inside the logging window of steps 3-4 (checkpoints at 2 and 4, logs at 4),
+  the run logs nothing at 3; the checkpoint carries step 3's losses, so the resumed run logs at
+  step 4 the average over steps 3-4, as the uninterrupted run does. Resuming on other data is
+  refused before anything is written."""
+  whole, stopped = four_steps[0], str(tmp_path / 'stopped')
+  config = small_config('multimnist', **FOUR_STEPS)
 
   def stop_after_step_3(self, dispatch):
     if dispatch == 2:
@@ -214,7 +218,9 @@ def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_it
     patch.setattr(preemption.StopRequest, 'requested', stop_after_step_3)
     with pytest.raises(preemption.Preempted, match='at step 3 of 4'):
       _train(config, stopped)
-  assert _steps(stopped) == {3} and not _losses(stopped)  # nothing logged off the grid
+  current = _losses(whole)
+  assert _steps(stopped) == {2, 3}  # nothing logged off the grid:
+  assert _losses(stopped) == {t: p[:1] for t, p in current.items()} and current
 
   before = sorted(os.listdir(stopped))
   sources.clear_cache()  # loaded splits are cached per process
@@ -223,7 +229,7 @@ def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_it
                        match=r'other data .*examples of .*sha256.*data.tfds_data_dir'):
       train.train_and_evaluate(config, stopped)
   sources.clear_cache()
-  assert sorted(os.listdir(stopped)) == before and _steps(stopped) == {3}
+  assert sorted(os.listdir(stopped)) == before and _steps(stopped) == {2, 3}
 
   # Copies: asked to end at step 3, the run logs them there; stored under a term this code does
   # not compute (a checkpoint of other code), they are logged at step 3 on their own.
@@ -233,26 +239,24 @@ def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_it
   path = os.path.join(renamed, 'checkpoints', '3', 'unlogged', 'metadata')
   with open(path) as f:
     unlogged = json.load(f)
-  assert [(first, n) for first, n, _ in unlogged] == [(0, 1), (1, 1), (2, 1)]
-  old_term = sorted(unlogged[0][2])[0]
-  for _, _, values in unlogged:
-    values['d/an_old_term'] = values.pop(old_term)
+  assert [(first, n) for first, n, _ in unlogged] == [(2, 1)]
+  values = unlogged[0][2]
+  old_term = sorted(values)[0]
+  values['d/an_old_term'] = values.pop(old_term)
   with open(path, 'w') as f:
     json.dump(unlogged, f)
-  _train(small_config('multimnist', num_train_steps=3, log_every_steps=4), ended)
-  assert {t: [s for s, _ in p] for t, p in _losses(ended).items()} == {t: [3] for t in
-                                                                        _losses(whole)}
+  _train(small_config('multimnist', **dict(FOUR_STEPS, num_train_steps=3)), ended)
+  assert {t: [s for s, _ in p] for t, p in _losses(ended).items()} == {t: [2, 3] for t in current}
   _train(config, renamed)
   logged = {t: [s for s, _ in p] for t, p in _losses(renamed).items()}
-  current = _losses(whole)
-  assert logged == {t: [3] * (t in values) + [4] * (t in current) for t in {*values, *current}}
-  assert 'd/an_old_term' in logged and old_term in current
+  assert logged == {t: [2] * (t in current) + [3] * (t in values) + [4] * (t in current)
+                    for t in {*values, *current}}
+  assert logged['d/an_old_term'] == [3] and logged[old_term] == [2, 4]
 
   _train(config, stopped)
-  expected, resumed = _losses(whole), _losses(stopped)
-  assert sorted(resumed) == sorted(expected) and expected
-  for tag, points in expected.items():  # the same float64 average of the same float32 losses
-    assert resumed[tag] == points and [s for s, _ in points] == [4], tag
+  resumed = _losses(stopped)
+  for tag, points in current.items():  # the same float64 average of the same float32 losses
+    assert resumed[tag] == points and [s for s, _ in points] == [2, 4], tag
 
 
 @pytest.mark.xdist_group('four_steps')  # one worker runs the fixture's training once
