@@ -174,17 +174,6 @@ class Checkpointer:
       self.manager.close()
 
 
-def latest_step(workdir):
-  """The newest checkpoint's step of a run (None if it has none), read without creating anything."""
-  if not os.path.isdir(checkpoint_dir(workdir)):
-    return None
-  manager = _manager(workdir)
-  try:
-    return manager.latest_step()
-  finally:
-    manager.close()
-
-
 def host_target(tree):
   """A restore target of numpy arrays shaped as `tree`'s leaves (arrays, shape-dtype structs or
   a checkpoint's metadata): orbax restores into host memory, on any devices. Restoring into the

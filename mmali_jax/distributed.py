@@ -79,7 +79,7 @@ def slurm_local_device_ids(environ):
   if seen < 1:
     return None
   tasks = _tasks_on_this_node(environ)
-  if 1 < tasks <= seen and seen == (on_node or seen):
+  if 1 < tasks <= seen and (not on_node or seen == on_node):
     return None
   return list(range(seen))
 
@@ -195,7 +195,3 @@ def check_same(text, what, fix):
     differing = [p for p in range(len(digests)) if not np.array_equal(digests[p], digests[0])]
     raise DistributedError(f'The processes have different {what} (processes {differing} differ '
                            f'from process 0). {fix}')
-
-
-def check_same_config(config_json):
-  check_same(config_json, 'configs', 'Start every process with the same command and flags.')

@@ -92,31 +92,34 @@ def _probe_settings(config):
 
 def _evaluated_with(config, workdir):
   """The config whose `eval` the run's final evaluation ran with: the settings written beside
-  its metrics, else (runs evaluated before they were written) the run's stored config."""
-  stored = checkpointing.load_config(workdir)
+  its metrics, else (runs evaluated before they were written) the run's stored config. Warns
+  when they differ from those asked for."""
+  evaluated = checkpointing.load_config(workdir)
   path = evaluator_lib.evaluated_settings_path(workdir, int(config.num_train_steps))
   if os.path.exists(path):
     with open(path) as f:
-      stored.eval = ml_collections.ConfigDict(json.load(f))
-  return stored
-
-
-def _finished(config, workdir):
-  """The config the run's final evaluation ran with (`_evaluated_with`), or None while it has
-  none. Only the run asked for counts: a stored config that differs in more than the fields
-  resuming allows (train.RESUMABLE_FIELDS: those that leave the trained numbers unchanged) is
-  refused with WorkdirConfigError, so a table never shows other runs under this sweep's
-  settings."""
-  if not os.path.exists(_final_metrics_path(workdir, config)):
-    return None
-  train.check_workdir_config(config, workdir, write=False)
-  evaluated = _evaluated_with(config, workdir)
+      evaluated.eval = ml_collections.ConfigDict(json.load(f))
   stored, asked = _probe_settings(evaluated), _probe_settings(config)
   if stored != asked:
     logging.warning('%s was evaluated with %s, not the %s asked for; the table shows what was '
                     'computed (python -m mmali_jax.evaluate --workdir=%s --config.eval.FIELD=VALUE '
                     're-evaluates it).', workdir, stored, asked, workdir)
   return evaluated
+
+
+def _finished(config, workdir):
+  """Whether the run has its final evaluation. Only the run asked for counts: a stored config
+  that differs in more than the fields resuming allows (train.RESUMABLE_FIELDS: those that leave
+  the trained numbers unchanged) is refused with WorkdirConfigError, so a table never shows
+  other runs under this sweep's settings."""
+  if not os.path.exists(_final_metrics_path(workdir, config)):
+    return False
+  train.check_workdir_config(config, workdir, write=False)
+  return True
+
+
+def _probe_epochs(configs):
+  return sorted({default_config.eval_config(c).probe_epochs for c in configs})
 
 
 def train_and_evaluate_runs(runs, root, train_fn):
@@ -127,7 +130,7 @@ def train_and_evaluate_runs(runs, root, train_fn):
   started = []
   for name, config in runs.items():
     workdir = os.path.join(root, name)
-    if _finished(config, workdir) is not None:
+    if _finished(config, workdir):
       logging.info('%s: done (final evaluation found); skipped.', name)
       continue
     logging.info('%s: training to step %d.', name, config.num_train_steps)
@@ -145,10 +148,9 @@ def collect(runs, root):
   cells, evaluated = {}, {}
   for name, config in runs.items():
     workdir = os.path.join(root, name)
-    evaluated_with = _finished(config, workdir)
-    if evaluated_with is None:
+    if not _finished(config, workdir):
       continue
-    evaluated[name] = evaluated_with
+    evaluated[name] = _evaluated_with(config, workdir)
     path = _final_metrics_path(workdir, config)
     with open(path) as f:
       metrics = json.load(f)
@@ -195,7 +197,7 @@ def table1_markdown(cells, runs, probe_epochs=None):
   """probe_epochs: those the runs were evaluated with (default: the runs' configs')."""
   some = next(iter(runs.values()))
   if probe_epochs is None:
-    probe_epochs = sorted({default_config.eval_config(c).probe_epochs for c in runs.values()})
+    probe_epochs = _probe_epochs(runs.values())
   epochs = ', '.join(str(e) for e in probe_epochs)
   numerics = _numerics(runs)
   ms = sorted({m for m, _ in cells})
@@ -260,9 +262,8 @@ def aggregate(runs, root):
   cells, evaluated = collect(runs, root)
   if not cells:
     raise FileNotFoundError(f'No finished run under {root}: nothing to aggregate.')
-  # As evaluated: a finished run may have been evaluated with other probe settings (_finished).
-  probe_epochs = sorted({default_config.eval_config(c).probe_epochs for c in evaluated.values()})
-  text = table1_markdown(cells, runs, probe_epochs)
+  # As evaluated: a finished run may have been evaluated with other probe settings.
+  text = table1_markdown(cells, runs, _probe_epochs(evaluated.values()))
   with open(os.path.join(root, 'table1.md'), 'w') as f:
     f.write(text)
   table1_figure(cells, runs, os.path.join(root, 'table1.png'))

@@ -33,6 +33,7 @@ RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_step
                     'power_iterations_up_front', 'batch_discriminator_calls',
                     'data.tfds_data_dir', 'eval')
 # matmul_precision is not among them: it changes the numbers a run computes.
+TRAIN_DATA_FILE = 'train_data.json'  # the fingerprint of the data a run trains on
 
 
 def _flatten(d, prefix=''):
@@ -164,10 +165,8 @@ def check_workdir_config(config, workdir, write=True):
     except (TypeError, ValueError, KeyError, AttributeError):
       pass
     ignore = lambda k: any(k == f or k.startswith(f + '.') for f in RESUMABLE_FIELDS)
-    a, b = _comparable(saved), _comparable(current)
-    changed = sorted(k for k in set(a) | set(b) if not ignore(k) and a.get(k) != b.get(k))
-    if changed:
-      details = ', '.join(f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in changed)
+    details = _changes(_comparable(saved), _comparable(current), ignore, ', ', repr)
+    if details:
       raise checkpointing.WorkdirConfigError(
           f'{workdir} holds a run with a different config ({details}). Nothing in it was '
           'changed; use a new --workdir, or the original config to resume.')
@@ -175,27 +174,30 @@ def check_workdir_config(config, workdir, write=True):
     writers.write_atomically(path, json.dumps(current, indent=2))
 
 
-def check_workdir_data(fingerprint, workdir, resuming, write=True):
+def _changes(saved, current, ignore, sep, show):
+  """'key: saved -> current' for every key whose values differ (and not `ignore(key)`)."""
+  changed = sorted(k for k in set(saved) | set(current)
+                   if not ignore(k) and saved.get(k) != current.get(k))
+  return sep.join(f'{k}: {show(saved.get(k))} -> {show(current.get(k))}' for k in changed)
+
+
+def check_workdir_data(fingerprint, workdir, resuming):
   """Refuses to resume a run on other training data than it started with (another TFDS version,
   data.tfds_data_dir pointing at other files, another pairing): the (seed, step) sampler would
-  draw other batches than the uninterrupted run. Writes <workdir>/train_data.json (if `write`)."""
-  path = os.path.join(workdir, 'train_data.json')
+  draw other batches than the uninterrupted run."""
+  path = os.path.join(workdir, TRAIN_DATA_FILE)
   if resuming and not os.path.exists(path):
     logging.warning('%s was started before runs recorded their training data (train_data.json): '
                     'whether this command loads the same data cannot be checked; from now on it '
                     'is checked against the data loaded now.', workdir)
   elif resuming:
     with open(path) as f:
-      saved = json.load(f)
-    changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-    if changed:
-      details = '; '.join(f'{k}: {saved.get(k)} -> {fingerprint.get(k)}' for k in changed)
+      details = _changes(json.load(f), fingerprint, lambda k: False, '; ', str)
+    if details:
       raise checkpointing.WorkdirConfigError(
           f'{workdir} holds a run trained on other data than this command loads ({details}; '
           'shape, dtype, sha256). Nothing in it was changed; point data.tfds_data_dir at the data '
           'the run started with, or use a new --workdir.')
-  if write:
-    writers.write_atomically(path, json.dumps(fingerprint, indent=2))
 
 
 def _checked_average(pending, workdir, saved_step):
@@ -265,7 +267,8 @@ def train_and_evaluate(config, workdir):
   logs, images, evaluations and config.json.
   """
   config_checks.check(config)
-  distributed.check_same_config(config.to_json_best_effort(sort_keys=True))
+  distributed.check_same(config.to_json_best_effort(sort_keys=True), 'configs',
+                         'Start every process with the same command and flags.')
   mesh = make_mesh(config)
   mods, gen, disc = networks.build(config)
   main_process = distributed.is_main_process()
@@ -281,16 +284,19 @@ def train_and_evaluate(config, workdir):
   fingerprint = dataset.fingerprint()
   distributed.check_same(json.dumps(fingerprint, sort_keys=True), 'training data',
                          'Give every process the same data (data.tfds_data_dir, TFDS version).')
-  check_workdir_data(fingerprint, workdir, write=False,
-                     resuming=checkpointing.latest_step(workdir) is not None)
   os.makedirs(workdir, exist_ok=True)
+  eval_every = default_config.eval_config(config).every_steps
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, keep_every=eval_every)
+  try:
+    check_workdir_data(fingerprint, workdir, resuming=checkpointer.latest_step() is not None)
+  except checkpointing.WorkdirConfigError:
+    checkpointer.close()
+    raise
   train_steps, shardings = compile_train_steps(config, gen, disc, mods, mesh)
   data = distributed.replicate(train_step_lib.device_data(dataset, config.seed),
                                shardings.replicated)
   state = distributed.replicate(train_step_lib.create_train_state(config, gen, disc, mods),
                                 shardings.replicated)
-  eval_every = default_config.eval_config(config).every_steps
-  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, keep_every=eval_every)
   pending = []  # (first step, number of steps, their mean metrics) not yet logged
   restored = checkpointer.restore(state)
   if restored is not None:
@@ -309,7 +315,9 @@ def train_and_evaluate(config, workdir):
   # Written once training is certain to go on: a rerun with nothing to do leaves the stored config
   # (and the number of steps it names) as the run made it.
   check_workdir_config(config, workdir, write=main_process)
-  check_workdir_data(fingerprint, workdir, resuming=False, write=main_process)
+  if main_process:
+    writers.write_atomically(os.path.join(workdir, TRAIN_DATA_FILE),
+                             json.dumps(fingerprint, indent=2))
 
   # Fixed inputs and noise for the sample grids, the same at every checkpoint and on resume.
   rng = np.random.default_rng([config.seed, 7])
@@ -366,7 +374,7 @@ def train_and_evaluate(config, workdir):
           distributed.barrier(f'mmali_train_steps_{num_steps}_from_step_{step}')
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = compiled[num_steps](state, data)
-      if pending and set(pending[-1][2]) != set(metrics):
+      if dispatch == 0 and pending and set(pending[-1][2]) != set(metrics):
         # Carried over from a checkpoint of code with other loss terms: they cannot be averaged
         # with this code's, so they are logged on their own, at the step they end.
         ended = pending[-1][0] + pending[-1][1]

@@ -85,7 +85,7 @@ class MultimodalDataset:
     parts = {f'examples of {m.name}': m.images for m in self.modalities}
     parts['pairs'] = self.pairs.astype(np.int64)
     return {name: f'{list(a.shape)} {a.dtype} '
-                  f'{hashlib.sha256(np.ascontiguousarray(a).data.cast("B")).hexdigest()[:16]}'
+                  f'{hashlib.sha256(np.ascontiguousarray(a)).hexdigest()[:16]}'
             for name, a in parts.items()}
 
 

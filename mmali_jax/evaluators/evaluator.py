@@ -343,7 +343,7 @@ class Evaluator:
       with open(os.path.join(self.out_dir, name), 'w') as f:
         json.dump(metrics, f, indent=2)
     with open(evaluated_settings_path(self.workdir, step), 'w') as f:
-      json.dump(json.loads(self.eval_cfg.to_json_best_effort()), f, indent=2)
+      f.write(self.eval_cfg.to_json_best_effort(indent=2))
     text = report.report(self.config, metrics, self.workdir, notes)
     for name in ('report.md', f'report_step_{step}.md'):
       with open(os.path.join(self.out_dir, name), 'w') as f:
