@@ -332,12 +332,13 @@ def train_and_evaluate(config, workdir):
     os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
 
   writer = writers.create(workdir, main_process)
+  loss_curves = curves.LossCurves(workdir)
   if start == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
 
   def save(state, pending):
     """Checkpoint (all processes) with the metrics not yet logged, sample grid and loss curves
-    (process 0) of the current step."""
+    (process 0, the curves in the background) of the current step."""
     step = checkpointer.save(state, [(first, n, {k: float(v) for k, v in
                                                  distributed.local(m).items()})
                                      for first, n, m in pending])
@@ -350,7 +351,7 @@ def train_and_evaluate(config, workdir):
                               os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
     writer.write_images(step, {'samples': grid})
     writer.flush()
-    curves.write_loss_curves(workdir, os.path.join(workdir, 'loss_curves.png'))
+    loss_curves.update()
 
   report = ProgressReport(num_train_steps=config.num_train_steps, writer=writer,
                           every_steps=config.log_every_steps)
@@ -418,4 +419,5 @@ def train_and_evaluate(config, workdir):
     checkpointer.close()  # waits for the last save, still under the SIGTERM handler
     stop.close()
     writer.flush()
+    loss_curves.close()
   return state
