@@ -1,8 +1,9 @@
 """Loss curves as a PNG, read back from the run's TensorBoard events (so resumed runs are whole).
 
-Training rewrites the PNG on a thread of its own (`LossCurves`): reading the events and drawing
-took 0.5-1 s at the start of a run and 3-5 s at 2,500 logged steps (the paper's 250,000 steps,
-logged every 100) on a 2-core CPU, as long as a GPU needs for thousands of iterations.
+Training draws the PNG on a thread of its own from the scalars it logs (`LossCurves`): reading the
+events back and drawing took 0.5-1 s at the start of a run and 2.2-5 s at 2,500 logged steps (the
+paper's 250,000 steps, logged every 100) on a 2-core CPU, as long as a GPU needs for thousands of
+iterations.
 """
 import collections
 import glob
@@ -10,7 +11,7 @@ import os
 import threading
 import time
 
-from absl import logging
+from clu import metric_writers
 from matplotlib import figure
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
@@ -36,7 +37,11 @@ def read_scalars(workdir):
 
 def write_loss_curves(workdir, path):
   """One panel per group: discriminator terms, generator terms, totals, steps/s."""
-  series = read_scalars(workdir)
+  return draw_loss_curves(read_scalars(workdir), path)
+
+
+def draw_loss_curves(series, path):
+  """`series` ({tag: [(step, value)]}) as loss_curves.png; None if it holds none of them."""
   groups = {
       'discriminator terms': [t for t in series if t.startswith('d/') and t != 'd/total'],
       'generator terms': [t for t in series if t.startswith('g/') and t != 'g/total'],
@@ -68,27 +73,37 @@ def write_loss_curves(workdir, path):
   return path
 
 
-class LossCurves:
-  """Keeps `<workdir>/loss_curves.png` up to date without making training wait for it.
+class LossCurves(metric_writers.MetricWriter):
+  """A metric writer that keeps `<workdir>/loss_curves.png` up to date without making training
+  wait for it: it records the scalars written to it, after those of the run's event files so far
+  (a resumed run's curves are whole), and draws them on a thread of its own.
 
-  `update()` (after the events are flushed) starts a rewrite on a background thread, unless one
-  is running or the last one started less than `min_interval_s` ago: then the next update, or
-  `close()`, draws the newer events. `close()` waits for the thread and, if anything was logged
-  since the last rewrite started, rewrites it once more, so a finished run's PNG shows every
-  step. An error while drawing is raised by the next `update()` or `close()`."""
+  `update()` starts a redraw unless one is running or the last one started less than
+  `min_interval_s` ago: then the next update, or `close()`, draws the newer scalars. `close()`
+  waits for the thread and, if scalars came since the last redraw started, draws once more, so a
+  finished run's PNG shows every step. An error while drawing is raised by the next `update()` or
+  `close()`. The thread reads no file: it draws a copy of the recorded scalars."""
 
   def __init__(self, workdir, min_interval_s=30.0):
-    self._workdir = workdir
     self._path = os.path.join(workdir, 'loss_curves.png')
+    self._series = collections.defaultdict(list, read_scalars(workdir))
     self._min_interval_s = min_interval_s
     self._thread = None
-    self._started = -float('inf')  # time.monotonic() when the last rewrite started
-    self._stale = False  # events were flushed after the last rewrite started
+    self._started = -float('inf')  # time.monotonic() when the last redraw started
+    self._stale = False  # scalars came after the last redraw started
     self._error = None
 
-  def _write(self):
+  def write_scalars(self, step, scalars):
+    for tag, value in scalars.items():
+      points = self._series[tag]
+      while points and points[-1][0] >= step:  # a resumed run logs its steps again
+        points.pop()
+      points.append((int(step), float(value)))
+    self._stale = True
+
+  def _draw(self, series):
     try:
-      write_loss_curves(self._workdir, self._path)
+      draw_loss_curves(series, self._path)
     except Exception as err:  # pylint: disable=broad-except
       self._error = err
 
@@ -100,13 +115,14 @@ class LossCurves:
   def _start(self):
     self._stale = False
     self._started = time.monotonic()
-    self._thread = threading.Thread(target=self._write, name='loss_curves', daemon=True)
+    series = {tag: list(points) for tag, points in self._series.items()}
+    self._thread = threading.Thread(target=self._draw, args=(series,), name='loss_curves',
+                                    daemon=True)
     self._thread.start()
 
   def update(self):
     self._raise_error()
-    self._stale = True
-    if self._thread is not None and self._thread.is_alive():
+    if not self._stale or (self._thread is not None and self._thread.is_alive()):
       return
     if time.monotonic() - self._started >= self._min_interval_s:
       self._start()
@@ -119,3 +135,28 @@ class LossCurves:
       self._start()
       self._thread.join()
       self._raise_error()
+
+  def flush(self):
+    pass
+
+  # What the PNG does not show.
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass

@@ -332,7 +332,10 @@ def train_and_evaluate(config, workdir):
     os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
 
   writer = writers.create(workdir, main_process)
-  loss_curves = curves.LossCurves(workdir)
+  loss_curves = None
+  if main_process:  # drawn from what is logged, in the background (training never waits for it)
+    loss_curves = curves.LossCurves(workdir)
+    writer = writers.metric_writers.MultiWriter([writer, loss_curves])
   if start == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
 
@@ -405,10 +408,16 @@ def train_and_evaluate(config, workdir):
       if save_now or eval_now or preempted:
         save(state, pending)  # every evaluated step has its checkpoint, to evaluate again later
         saved_step = done
-      if eval_now and main_process:  # once, on this process's copy of the EMA weights
+      if eval_now:
         with report.excluded('eval'):
-          results = evaluator.run(distributed.local(state.ema_params), done)
-        writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
+          # The evaluated step's checkpoint is on disk before its results are (every process
+          # waits, as every process saves): a run stopped during an evaluation leaves no
+          # results of a checkpoint it never wrote.
+          checkpointer.wait()
+          if main_process:  # once, on this process's copy of the EMA weights
+            results = evaluator.run(distributed.local(state.ema_params), done)
+        if main_process:
+          writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
       if preempted and not last:
         checkpointer.wait()
         raise preemption.Preempted(
@@ -419,5 +428,6 @@ def train_and_evaluate(config, workdir):
     checkpointer.close()  # waits for the last save, still under the SIGTERM handler
     stop.close()
     writer.flush()
-    loss_curves.close()
+    if loss_curves:
+      loss_curves.close()
   return state
