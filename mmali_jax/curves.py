@@ -12,10 +12,11 @@ import os
 import threading
 import time
 
-from clu import metric_writers
 from matplotlib import figure
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
+
+from mmali_jax import writers  # clu's writers, importable without TensorFlow
 
 
 def read_scalars(workdir):
@@ -74,7 +75,7 @@ def draw_loss_curves(series, path):
   return path
 
 
-class LossCurves(metric_writers.MetricWriter):
+class LossCurves(writers.metric_writers.MetricWriter):
   """A metric writer that keeps `<workdir>/loss_curves.png` up to date without making training
   wait for it: it records the scalars written to it, after those of the run's event files so far
   (a resumed run's curves are whole), and draws them on a thread of its own.
