@@ -1,10 +1,10 @@
 """Loss curves as a PNG: of a run's TensorBoard events (`write_loss_curves`), or, during training,
 of what it logs after the events of its earlier runs (`LossCurves`, so resumed runs are whole).
 
-Training draws the PNG on a thread of its own from the scalars it logs (`LossCurves`): reading the
-events back and drawing took 0.5-1 s at the start of a run and 2.2-5 s at 2,500 logged steps (the
-paper's 250,000 steps, logged every 100) on a 2-core CPU, as long as a GPU needs for thousands of
-iterations.
+Training draws the PNG on a thread of its own from the scalars it logs (`LossCurves`): reading
+the events back and drawing took 0.8-1.1 s at the start of a run and 3.2-5.0 s at 2,500 logged
+steps (the paper's 250,000 steps, logged every 100) on a 2-core CPU, as long as a GPU needs for
+thousands of iterations.
 """
 import collections
 import glob
