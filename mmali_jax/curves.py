@@ -1,5 +1,5 @@
-"""Loss curves as a PNG: of a run's TensorBoard events (`write_loss_curves`), or, during training,
-of what it logs after the events of its earlier runs (`LossCurves`, so resumed runs are whole).
+"""Loss curves as a PNG (`draw_loss_curves`), drawn during training from what it logs after the
+events of its earlier runs (`LossCurves`, so resumed runs are whole; `read_scalars` reads them).
 
 Training draws the PNG on a thread of its own from the scalars it logs (`LossCurves`): reading
 the events back and drawing took 0.8-1.1 s at the start of a run and 3.2-5.0 s at 2,500 logged
@@ -37,13 +37,9 @@ def read_scalars(workdir):
   return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
-def write_loss_curves(workdir, path):
-  """One panel per group: discriminator terms, generator terms, totals, steps/s."""
-  return draw_loss_curves(read_scalars(workdir), path)
-
-
 def draw_loss_curves(series, path):
-  """`series` ({tag: [(step, value)]}) as loss_curves.png; None if it holds none of them."""
+  """`series` ({tag: [(step, value)]}) as a PNG, one panel per group: discriminator terms,
+  generator terms, totals, steps/s; None if it holds none of them."""
   groups = {
       'discriminator terms': [t for t in series if t.startswith('d/') and t != 'd/total'],
       'generator terms': [t for t in series if t.startswith('g/') and t != 'g/total'],
