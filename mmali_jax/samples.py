@@ -4,6 +4,7 @@ import numpy as np
 
 from mmali_jax import images
 from mmali_jax import posterior
+from mmali_jax import programs
 
 
 def make_sample_fn(gen, mods, style_dim):
@@ -12,7 +13,7 @@ def make_sample_fn(gen, mods, style_dim):
   For every modality m: its inputs; reconstructions G_m(z~q(z|x_m)); cross generations
   G_m([fixed style, content of q(z|x_j)]) from every other modality j; joint generations
   G_m([fixed style_m, fixed shared content]), whose columns should show the same digit across
-  modalities.
+  modalities. The jitted function is kept for the process (`programs`).
   """
 
   names = []
@@ -37,7 +38,7 @@ def make_sample_fn(gen, mods, style_dim):
       rows.append(decode(m, posterior.join_latent(fixed_styles[m], fixed_content)))
     return rows
 
-  return names, jax.jit(sample)
+  return names, programs.kept('samples', (gen, mods, style_dim), lambda: jax.jit(sample))
 
 
 def vectors_as_images(row):

@@ -1,5 +1,6 @@
 """The one training loop: data, state, resume, the jitted step on a device mesh, logs, saves."""
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ from mmali_jax import distributed
 from mmali_jax import images
 from mmali_jax import networks
 from mmali_jax import preemption
+from mmali_jax import programs
 from mmali_jax import samples
 from mmali_jax import train_step as train_step_lib
 from mmali_jax import writers
@@ -102,15 +104,24 @@ def compile_train_steps(config, gen, disc, mods, mesh):
   device up to float rounding. -> (fn(state, data, num_steps), shardings); except on CPU the
   state is donated and, unless the config says otherwise, the power iterations run up front
   and the calls of each discriminator run as one (`train_step.power_iterations_up_front`,
-  `train_step.batch_discriminator_calls`).
+  `train_step.batch_discriminator_calls`). Kept for the process (`programs`): a later run of
+  a config that differs only in what the step never reads gets the same function, already traced
+  and compiled.
   """
-  shardings = make_shardings(mesh)
-  fn = jax.jit(train_step_lib.make_train_steps(config, gen, disc, mods, shardings,
-                                               mesh.devices.flat[0].platform),
-               static_argnums=2, in_shardings=(shardings.replicated, shardings.replicated),
-               out_shardings=(shardings.replicated, shardings.replicated),
-               donate_argnums=0 if donates_state(mesh) else ())
-  return fn, shardings
+  donate = donates_state(mesh)
+
+  def build():
+    shardings = make_shardings(mesh)
+    # A copy: a later change to the caller's config must not reach a retrace (another num_steps).
+    fn = jax.jit(train_step_lib.make_train_steps(copy.deepcopy(config), gen, disc, mods,
+                                                 shardings, mesh.devices.flat[0].platform),
+                 static_argnums=2, in_shardings=(shardings.replicated, shardings.replicated),
+                 out_shardings=(shardings.replicated, shardings.replicated),
+                 donate_argnums=0 if donate else ())
+    return fn, shardings
+
+  return programs.kept('train_steps', (programs.config_key(config), gen, disc, mods, mesh,
+                                       donate), build)
 
 
 def donates_state(mesh):

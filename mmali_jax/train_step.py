@@ -2,6 +2,7 @@
 
 The order and the optimisers follow docs/algorithm.md §5.
 """
+import copy
 import functools
 
 import flax
@@ -17,6 +18,7 @@ from mmali_jax import networks
 from mmali_jax import objectives
 from mmali_jax import power_iterations
 from mmali_jax import precision
+from mmali_jax import programs
 from mmali_jax.data import sampler
 from mmali_jax.models import layers
 
@@ -40,9 +42,12 @@ def make_optimizer(config):
 def create_train_state(config, gen, disc, mods):
   """The initial state of `config.seed`, built as one compiled program: run op by op, Flax's
   initialisation of the MNIST-SVHN networks compiles hundreds of small programs and takes twice
-  as long. The seed is an argument, so every seed of a config shares the program."""
-  return jax.jit(functools.partial(_initial_state, config, gen, disc, mods))(
-      jax.random.PRNGKey(config.seed))
+  as long. The seed is an argument, so every seed of a config shares the program (kept for the
+  process, `programs`)."""
+  init = programs.kept(
+      'initial_state', (programs.config_key(config), gen, disc, mods),
+      lambda: jax.jit(functools.partial(_initial_state, copy.deepcopy(config), gen, disc, mods)))
+  return init(jax.random.PRNGKey(config.seed))
 
 
 def _initial_state(config, gen, disc, mods, rng):

@@ -14,6 +14,7 @@ import time
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -281,9 +282,11 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, h
 
 
 @pytest.mark.xdist_group('four_steps')
-def test_checkpoints_saved_before_unlogged_losses_existed_resume(tmp_path, four_steps):
+def test_checkpoints_saved_before_unlogged_losses_existed_resume(tmp_path, four_steps, caplog):
   """A checkpoint saved without the `unlogged` item (older code) restores; one saved with it that
-  lost it is unreadable, set aside like one that lost any other item."""
+  lost it is unreadable, set aside like one that lost any other item. A workdir of code that did
+  not record its training data (train_data.json) resumes with a warning that it cannot be
+  checked."""
   def strip(workdir, step, from_metadata):
     folder = os.path.join(workdir, 'checkpoints', str(step))
     shutil.rmtree(os.path.join(folder, 'unlogged'))
@@ -300,7 +303,12 @@ def test_checkpoints_saved_before_unlogged_losses_existed_resume(tmp_path, four_
   for workdir, from_metadata in ((old, True), (lost, False)):
     shutil.copytree(four_steps[0], workdir)
     strip(workdir, 4, from_metadata)
+  os.remove(os.path.join(old, train.TRAIN_DATA_FILE))
   restored = train.distributed.local(_train(config, old).gen_params)  # nothing left to train
+  assert [r.getMessage() for r in caplog.records if 'train_data.json' in r.getMessage()] == [
+      f'{old} was started before runs recorded their training data (train_data.json): whether '
+      'this command loads the same data cannot be checked; from now on it is checked against the '
+      'data loaded now.']
   jax.tree.map(np.testing.assert_array_equal, four_steps[1], restored)
   assert not os.path.exists(checkpointing.unreadable_dir(old))
   config.num_train_steps = 2
@@ -318,13 +326,13 @@ def test_no_readable_checkpoint_is_a_clear_error_and_deletes_nothing(tmp_path):
   assert len(os.listdir(checkpointing.unreadable_dir(str(tmp_path)))) == 1
 
 
-def test_non_finite_loss_stops_naming_step_and_terms_and_writes_nothing_after(tmp_path,
-                                                                             monkeypatch):
-  config = small_config('multimnist', num_train_steps=6, checkpoint_every_steps=1,
-                        log_every_steps=2)
+def _altered_from_step(step, alter):
+  """train.compile_train_steps whose programs return alter(state, metrics) once the state has
+  trained `step` iterations: a run of the common small config goes wrong at a chosen step
+  without a program of its own to compile."""
   compile_train_steps = train.compile_train_steps
 
-  def nan_from_step_3(*args):
+  def altered(*args):
     steps, shardings = compile_train_steps(*args)
 
     def lower(state, data, num_steps):  # the loop compiles each dispatch size ahead of time
@@ -332,13 +340,21 @@ def test_non_finite_loss_stops_naming_step_and_terms_and_writes_nothing_after(tm
 
       def run(state, data):
         state, metrics = compiled(state, data)
-        if int(train.distributed.local(state.step)) >= 3:  # the loss of step 3 turns NaN
-          metrics = dict(metrics, **{'g/joint/decoder': float('nan'), 'g/total': float('nan')})
+        if int(train.distributed.local(state.step)) >= step:
+          state, metrics = alter(state, metrics)
         return state, metrics
       return types.SimpleNamespace(compile=lambda: run)
     return types.SimpleNamespace(lower=lower), shardings
+  return altered
 
-  monkeypatch.setattr(train, 'compile_train_steps', nan_from_step_3)
+
+def test_non_finite_loss_stops_naming_step_and_terms_and_writes_nothing_after(tmp_path,
+                                                                             monkeypatch):
+  config = small_config('multimnist', num_train_steps=6, checkpoint_every_steps=1,
+                        log_every_steps=2)
+  monkeypatch.setattr(train, 'compile_train_steps', _altered_from_step(
+      3, lambda state, metrics: (state, dict(metrics, **{'g/joint/decoder': float('nan'),
+                                                         'g/total': float('nan')}))))
   with pytest.raises(train.NonFiniteError) as info:
     _train(config, str(tmp_path))
   message = str(info.value)
@@ -348,10 +364,15 @@ def test_non_finite_loss_stops_naming_step_and_terms_and_writes_nothing_after(tm
   assert sorted(os.listdir(tmp_path / 'samples')) == ['step_0000001.png', 'step_0000002.png']
 
 
-def test_non_finite_weights_are_never_saved(tmp_path):
+def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
+  """Weights sent to infinity by the first update (as a learning rate of 1e30 does) with finite
+  losses: the checkpoint of step 1 is never written."""
   config = small_config('multimnist', num_train_steps=3, checkpoint_every_steps=1)
-  config.optim.learning_rate = 1e30  # the first update sends the weights to ~1e30
-  with pytest.raises(train.NonFiniteError, match='at step 1'):
+  monkeypatch.setattr(train, 'compile_train_steps', _altered_from_step(
+      1, lambda state, metrics: (state.replace(gen_params=jax.tree.map(
+          lambda w: jnp.full_like(w, np.inf), state.gen_params)), metrics)))
+  with pytest.raises(train.NonFiniteError, match=r'Non-finite parameters \(generators\) after '
+                     r'step 1\. Nothing after step 0 was written'):
     _train(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
 

@@ -10,6 +10,7 @@ from mmali_jax import batched_calls
 from mmali_jax import networks
 from mmali_jax import objectives
 from mmali_jax import power_iterations
+from mmali_jax import programs
 from mmali_jax import train_step
 from tests import test_train
 from tests.conftest import small_config
@@ -33,17 +34,18 @@ def _phase(config, phase, up_front, batched=False):
   front, and then the calls of each discriminator one at a time or as one (`batched`)."""
   mods, gen, disc, state, xs, objective = _setup(config)
 
-  def loss_fn(params, calls=None):
-    gen_params, disc_params = (state.gen_params, params) if phase == 'd' else (
-        params, state.disc_params)
-    nets = networks.Bound(gen, disc, gen_params, disc_params, state.disc_stats,
-                          config.style_dim, config.spectral_norm_estimates, calls)
-    loss = objective.discriminator_loss if phase == 'd' else objective.generator_loss
-    value, metrics = loss(nets, xs, jax.random.PRNGKey(1), config, mods)
-    return value, (metrics, nets.disc_stats)
-
+  # Every array an argument, none a constant of the program: XLA would fold the constants (the
+  # networks' weights) at every compile, and the programs of runs on other values would differ.
   @jax.jit
-  def run(params):
+  def run(params, others, disc_stats, xs):
+    def loss_fn(params, calls=None):
+      gen_params, disc_params = (others, params) if phase == 'd' else (params, others)
+      nets = networks.Bound(gen, disc, gen_params, disc_params, disc_stats,
+                            config.style_dim, config.spectral_norm_estimates, calls)
+      loss = objective.discriminator_loss if phase == 'd' else objective.generator_loss
+      value, metrics = loss(nets, xs, jax.random.PRNGKey(1), config, mods)
+      return value, (metrics, nets.disc_stats)
+
     fn = loss_fn
     if up_front:
       calls = power_iterations.record_calls(loss_fn, params)
@@ -51,7 +53,9 @@ def _phase(config, phase, up_front, batched=False):
             functools.partial(loss_fn, calls=calls))
     return jax.value_and_grad(fn, has_aux=True)(params)
 
-  (loss, (metrics, stats)), grads = run(state.disc_params if phase == 'd' else state.gen_params)
+  trained, others = ((state.disc_params, state.gen_params) if phase == 'd' else
+                     (state.gen_params, state.disc_params))
+  (loss, (metrics, stats)), grads = run(trained, others, state.disc_stats, xs)
   return jax.device_get({'loss': loss, 'metrics': metrics, 'stats': stats, 'grads': grads})
 
 
@@ -138,6 +142,7 @@ def test_a_layer_run_twice_in_one_call_is_an_error():
 
 
 def test_training_with_power_iterations_up_front_matches_them_in_the_calls(monkeypatch):
+  programs.clear()  # steps this process traced before would not be traced (and counted) again
   recorded, batched = [], []
   record_calls = power_iterations.record_calls
   monkeypatch.setattr(power_iterations, 'record_calls',
