@@ -59,6 +59,7 @@ os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 from mmali_jax import config_checks
 from mmali_jax import curves
 from mmali_jax import networks
+from mmali_jax import programs
 from mmali_jax import train
 from mmali_jax import train_step
 from mmali_jax import writers
@@ -304,6 +305,7 @@ class _Program:
 
 def benchmark_step(config, seconds):
   """Compile time, step and input-pipeline rates, FLOPs of the jitted training step."""
+  programs.clear()  # compile time as a new process sees it, not a program kept by an earlier case
   program = _Program(config)
   compiled, data, k = program.compiled, program.data, program.k
   flops = program.flops_per_iteration()
@@ -388,22 +390,22 @@ def benchmark_variants(config, variants, seconds, rounds=5):
   initial state and batches unless the variant changes the seed, the batch size or the
   iterations per call)."""
   check_variants(config, variants)
-  programs = [('as configured', _Program(config))]
-  programs += [(v, _Program(config_variant(config, v))) for v in variants]
-  first = {name: program() for name, program in programs}
-  call_s = {name: _timed(program, 0, min_reps=1) for name, program in programs}
-  times = {name: [] for name, _ in programs}
+  compiled_variants = [('as configured', _Program(config))]
+  compiled_variants += [(v, _Program(config_variant(config, v))) for v in variants]
+  first = {name: program() for name, program in compiled_variants}
+  call_s = {name: _timed(program, 0, min_reps=1) for name, program in compiled_variants}
+  times = {name: [] for name, _ in compiled_variants}
   for r in range(rounds):
     # Every other round in reverse order: no program is always the first after another.
-    for name, program in programs if r % 2 == 0 else programs[::-1]:
-      calls = max(1, round(seconds / (rounds * len(programs) * call_s[name])))
+    for name, program in compiled_variants if r % 2 == 0 else compiled_variants[::-1]:
+      calls = max(1, round(seconds / (rounds * len(compiled_variants) * call_s[name])))
       start = time.perf_counter()
       for _ in range(calls):
         program()
       times[name].append((time.perf_counter() - start) / (calls * program.k))
   base_ms = 1000 * float(np.median(times['as configured']))
   out = []
-  for name, _ in programs:
+  for name, _ in compiled_variants:
     ms = 1000 * float(np.median(times[name]))
     out.append(dict(variant=name, step_ms=round(ms, 2), speed_vs_configured=round(base_ms / ms, 3),
                     **{f'{phase}_loss_change': float(abs(first[name][f'{phase}/total'] -

@@ -38,7 +38,8 @@ def make_sample_fn(gen, mods, style_dim):
       rows.append(decode(m, posterior.join_latent(fixed_styles[m], fixed_content)))
     return rows
 
-  return names, programs.kept('samples', (gen, mods, style_dim), lambda: jax.jit(sample))
+  return names, programs.kept('samples', (programs.networks_key(gen, None, mods), style_dim),
+                              lambda: jax.jit(sample))
 
 
 def vectors_as_images(row):

@@ -120,8 +120,8 @@ def compile_train_steps(config, gen, disc, mods, mesh):
                  donate_argnums=0 if donate else ())
     return fn, shardings
 
-  return programs.kept('train_steps', (programs.config_key(config), gen, disc, mods, mesh,
-                                       donate), build)
+  return programs.kept('train_steps', (programs.config_key(config),
+                                       programs.networks_key(gen, disc, mods), mesh, donate), build)
 
 
 def donates_state(mesh):

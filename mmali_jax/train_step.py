@@ -45,7 +45,7 @@ def create_train_state(config, gen, disc, mods):
   as long. The seed is an argument, so every seed of a config shares the program (kept for the
   process, `programs`)."""
   init = programs.kept(
-      'initial_state', (programs.config_key(config), gen, disc, mods),
+      'initial_state', (programs.config_key(config), programs.networks_key(gen, disc, mods)),
       lambda: jax.jit(functools.partial(_initial_state, copy.deepcopy(config), gen, disc, mods)))
   return init(jax.random.PRNGKey(config.seed))
 

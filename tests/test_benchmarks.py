@@ -273,8 +273,8 @@ def test_variants_are_read_as_the_training_command_reads_config_overrides():
 def test_variants_are_timed_against_the_config_and_show_what_they_change():
   run = _benchmark('run')
   config = small_config('multimnist', 'modalities=2')
-  # Two variants that compile the program of the config itself (only the persistent cache's
-  # time): one computing the same numbers, one starting from other weights.
+  # Two variants whose program is the config's own (kept for the process, mmali_jax/programs.py,
+  # so nothing is compiled again): one computing the same numbers, one from other weights.
   results = run.benchmark_variants(config, ['matmul_precision=highest', 'seed=1'], seconds=0.5,
                                    rounds=2)
   configured, same, other_seed = results

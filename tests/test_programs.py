@@ -1,4 +1,7 @@
 """Runs in one process share their jitted programs when they compute the same thing, and only then."""
+import dataclasses
+import os
+
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
@@ -7,11 +10,12 @@ from mmali_jax import networks
 from mmali_jax import programs
 from mmali_jax import train
 from mmali_jax import train_step
+from mmali_jax.models import registry
 from tests import test_train
 from tests.conftest import small_config
 
 
-def test_the_key_leaves_out_only_what_no_program_reads():
+def test_the_key_leaves_out_the_seed_schedule_logging_evaluation_and_data_folder():
   base = small_config('multimnist')
   same = small_config('multimnist', seed=3, num_train_steps=50, log_every_steps=5,
                       checkpoint_every_steps=10, keep_checkpoints=1, num_sample_images=2)
@@ -25,13 +29,36 @@ def test_the_key_leaves_out_only_what_no_program_reads():
     assert programs.config_key(other) != programs.config_key(base), field
 
 
+def test_edited_source_or_a_family_registered_anew_gets_new_programs(tmp_path, monkeypatch):
+  source = tmp_path / 'module.py'
+  source.write_text('x = 1\n')
+  monkeypatch.setattr(programs, '_PACKAGE', str(tmp_path))
+  programs.clear()
+  first = programs.kept('name', 'key', object)
+  assert programs.kept('name', 'key', object) is first
+  source.write_text('x = 2\n')  # same size: the modification time tells
+  os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+  assert programs.kept('name', 'key', object) is not first
+
+  mods, gen, disc = networks.build(small_config('multimnist'))
+  before = programs.networks_key(gen, disc, mods)
+  mods_again, gen_again, disc_again = networks.build(small_config('multimnist'))
+  assert programs.networks_key(gen_again, disc_again, mods_again) == before  # equal, built anew
+  monkeypatch.setitem(registry.FAMILIES, 'mnist',
+                      dataclasses.replace(registry.FAMILIES['mnist'], encoder=object))
+  assert programs.networks_key(gen, disc, mods) != before
+
+
 def test_a_run_on_kept_programs_equals_one_on_programs_traced_afresh(tmp_path, monkeypatch):
   """Seeds reach the programs as inputs: a run of seed 1 on the programs a run of seed 0 traced
   trains as a run of seed 1 that traced its own, and traces nothing."""
-  traced = []
+  traced = []  # one entry per trace of the step
   make_train_steps = train_step.make_train_steps
-  monkeypatch.setattr(train_step, 'make_train_steps',
-                      lambda *a, **k: traced.append(1) or make_train_steps(*a, **k))
+
+  def counted(*args, **kwargs):
+    steps = make_train_steps(*args, **kwargs)
+    return lambda state, data, num_steps: traced.append(1) or steps(state, data, num_steps)
+  monkeypatch.setattr(train_step, 'make_train_steps', counted)
 
   def run(seed, name):
     config = small_config('multimnist', seed=seed, num_train_steps=2)
