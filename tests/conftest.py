@@ -17,6 +17,12 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
 # alike, and the commands the tests run in subprocesses inherit the flag.
 if 'xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
+# XLA:CPU's older elemental emitters generate the fused kernels with less CPU than its MLIR fusion
+# emitters: compiling the tests' MultiMNIST step took 12-24% less CPU time (4 alternated pairs,
+# AMD EPYC; docs/performance.md "The test suite's time"), and the suite is CPU-bound. Every
+# comparison is still between programs compiled alike.
+if 'xla_cpu_use_fusion_emitters' not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' --xla_cpu_use_fusion_emitters=false'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import tempfile  # pylint: disable=g-import-not-at-top
