@@ -9,6 +9,7 @@ and arrays are global `jax.Array`s: no communication code of ours.
 Helpers for global arrays: `replicate` puts the same host value on every device of a mesh (each
 process passes its own, identical copy), `local` reads a replicated array back on this process.
 """
+import contextlib
 import hashlib
 import os
 import socket
@@ -179,6 +180,46 @@ def barrier(name, timeout_s=1800):
   collective's first use waits only 30 s for the other processes. `name` must be new each time."""
   if jax.process_count() > 1:
     orbax_multihost.sync_global_processes(name, timeout=timeout_s)
+
+
+_MESSAGE_BYTES = 4096
+
+
+@contextlib.contextmanager
+def stopping_together(stage, user_errors=()):
+  """Runs the block on every process; an exception raised on some processes only stops every
+  process at the block's end. The processes that raised it raise it again; the others raise a
+  DistributedError with the first failing process's message. `stage` names the block in that
+  message ('before training'); exceptions of the `user_errors` types are quoted without their
+  type's name.
+
+  Without it, a process failing alone (data missing on its host, a workdir it cannot write)
+  exits, and the others wait at their next barrier until the runtime's shutdown timeout aborts
+  them with a crash report that says nothing of the cause."""
+  if jax.process_count() == 1:
+    yield
+    return
+  error = None
+  try:
+    yield
+  except Exception as err:  # pylint: disable=broad-except
+    error = err
+  barrier(f'mmali_stopping_together_{stage.replace(" ", "_")}')
+  text = ''
+  if error is not None:
+    text = str(error) if isinstance(error, user_errors) else f'{type(error).__name__}: {error}'
+    text = text or type(error).__name__
+  encoded = text.encode()[:_MESSAGE_BYTES]
+  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
+  buffer[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  messages = [bytes(row).rstrip(b'\0').decode(errors='replace')
+              for row in np.asarray(multihost_utils.process_allgather(buffer))]
+  if error is not None:
+    raise error
+  failed = [p for p, message in enumerate(messages) if message]
+  if failed:
+    others = f' (processes {failed} failed; see their logs)' if len(failed) > 1 else ''
+    raise DistributedError(f'Process {failed[0]} stopped {stage}{others}: {messages[failed[0]]}')
 
 
 def check_same(text, what, fix):

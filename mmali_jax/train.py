@@ -13,6 +13,7 @@ import numpy as np
 
 from mmali_jax import checkpointing
 from mmali_jax import config_checks
+from mmali_jax import console
 from mmali_jax import curves
 from mmali_jax import default_config
 from mmali_jax import distributed
@@ -277,20 +278,22 @@ def train_and_evaluate(config, workdir):
   checkpoints are written and read by all processes together (orbax), and only process 0 writes
   logs, images, evaluations and config.json.
   """
-  config_checks.check(config)
+  # A process failing here alone (data missing on its host, a workdir it cannot write) stops
+  # them all with its message, rather than leaving the others waiting for it.
+  with distributed.stopping_together('before training', console.user_errors()):
+    config_checks.check(config)
+    mesh = make_mesh(config)
+    mods, gen, disc = networks.build(config)
+    check_workdir(workdir)
+    check_workdir_config(config, workdir, write=False)
+    # Every missing dataset of the experiment at once, before the first one is loaded.
+    sources.ensure_prepared([(m.dataset, m.feature) for m in mods], config.data.tfds_data_dir)
+    dataset = pipeline.load_dataset(config, 'train')
+    config_checks.check_images(mods, dataset)
+    config_checks.check_training_data(config, dataset)
   distributed.check_same(config.to_json_best_effort(sort_keys=True), 'configs',
                          'Start every process with the same command and flags.')
-  mesh = make_mesh(config)
-  mods, gen, disc = networks.build(config)
   main_process = distributed.is_main_process()
-  check_workdir(workdir)
-  check_workdir_config(config, workdir, write=False)
-
-  # Every missing dataset of the experiment at once, before the first one is loaded.
-  sources.ensure_prepared([(m.dataset, m.feature) for m in mods], config.data.tfds_data_dir)
-  dataset = pipeline.load_dataset(config, 'train')
-  config_checks.check_images(mods, dataset)
-  config_checks.check_training_data(config, dataset)
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
   fingerprint = dataset.fingerprint()
   distributed.check_same(json.dumps(fingerprint, sort_keys=True), 'training data',
@@ -299,8 +302,9 @@ def train_and_evaluate(config, workdir):
   eval_every = default_config.eval_config(config).every_steps
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, keep_every=eval_every)
   try:
-    check_workdir_data(fingerprint, workdir, resuming=checkpointer.latest_step() is not None)
-  except checkpointing.WorkdirConfigError:
+    with distributed.stopping_together('while checking the workdir', console.user_errors()):
+      check_workdir_data(fingerprint, workdir, resuming=checkpointer.latest_step() is not None)
+  except Exception:
     checkpointer.close()
     raise
   train_steps, shardings = compile_train_steps(config, gen, disc, mods, mesh)

@@ -188,6 +188,19 @@ def test_load_multimnist_with_mock_data():
   assert ds.num_pairs == 2 * 40  # Same labels in every modality: every example is paired.
 
 
+@pytest.mark.usefixtures('fresh_cache')
+def test_an_empty_split_says_how_to_prepare_it_again(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=0):
+    with pytest.raises(sources.MissingDatasetError) as info:
+      sources.load_split('mnist', 'train', str(tmp_path))
+  where = os.path.join(str(tmp_path), 'mnist')
+  assert str(info.value) == (
+      f"Split 'train' of 'mnist' in {where} holds no examples: its prepared files are "
+      f'incomplete. Delete {where} and run again to prepare it afresh, or point '
+      '--config.data.tfds_data_dir at a complete copy.')
+
+
 def _missing_error(tmp_path, dataset='mnist'):
   with pytest.raises(sources.MissingDatasetError) as info:
     sources.load_split(dataset, 'train', str(tmp_path))

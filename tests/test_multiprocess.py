@@ -54,15 +54,17 @@ def one_device(tmp_path_factory):
 
 
 def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=None,
-            last_slower_s=0, meanwhile=None):
+            last_slower_s=0, meanwhile=None, workdirs=None):
   """Starts the job's processes, calls `meanwhile()` while they run; -> [(return code, output)]
-  per process. The last one reaches its first training step `last_slower_s` seconds later."""
+  per process. The last one reaches its first training step `last_slower_s` seconds later.
+  `workdirs` (one per process) replaces `workdir` where the processes' views of it differ."""
   port = _free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   commands = [[sys.executable, os.path.join(ROOT, 'tests', 'multiprocess_worker.py'),
                f'--process_id={k}', f'--num_processes={processes}', f'--port={port}',
-               f'--devices={devices}', f'--workdir={workdir}', f'--steps={steps}',
+               f'--devices={devices}', f'--workdir={(workdirs or [workdir] * processes)[k]}',
+               f'--steps={steps}',
                f'--seed={(seeds or [0] * processes)[k]}',
                f'--num_examples={(num_examples or [24] * processes)[k]}',
                f'--slow_start_s={last_slower_s if k == processes - 1 else 0}']
@@ -184,6 +186,20 @@ def test_processes_with_different_configs_or_data_stop_before_training(tmp_path,
     assert returncode != 0
     assert message in out
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_a_process_failing_alone_stops_every_process_with_its_message(tmp_path, cache):
+  """Process 1 cannot use the workdir (on its host a file, here): every process stops before
+  training, process 0 quoting process 1's message, instead of waiting for process 1 at the next
+  barrier until the runtime's shutdown timeout aborts it with a crash report."""
+  workdir, a_file = tmp_path / 'run', tmp_path / 'a_file'
+  a_file.write_text('')
+  (code0, out0), (code1, out1) = _launch(str(workdir), 2, processes=2, devices=4, cache=cache,
+                                         workdirs=[str(workdir), str(a_file)])
+  message = f'--workdir={a_file} is a file, not a directory; pass a directory'
+  assert code0 != 0 and f'Process 1 stopped before training: {message}' in out0, out0[-3000:]
+  assert code1 != 0 and message in out1 and 'Process 1 stopped' not in out1, out1[-3000:]
+  assert not os.path.exists(workdir)
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):

@@ -204,7 +204,11 @@ def _read(tfds, dataset, split, data_dir, feature=None):
       # tf.data cannot read; TFDS's random-access data source can.
       chunks = _read_data_source(tfds, dataset, split, data_dir, feature)
   if not chunks:
-    raise ValueError(f'Split {split!r} of {dataset!r} is empty.')
+    where = os.path.join(data_dir_root(data_dir), dataset)
+    raise MissingDatasetError(
+        f'Split {split!r} of {dataset!r} in {where} holds no examples: its prepared files are '
+        f'incomplete. Delete {where} and run again to prepare it afresh, or point '
+        '--config.data.tfds_data_dir at a complete copy.')
   if feature is not None:
     if feature not in chunks[0]:
       raise config_checks.ConfigError(
