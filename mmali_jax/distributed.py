@@ -186,12 +186,12 @@ _MESSAGE_BYTES = 4096
 
 
 @contextlib.contextmanager
-def stopping_together(stage, user_errors=()):
+def stopping_together(stage, user_errors=(), timeout_s=1800):
   """Runs the block on every process; an exception raised on some processes only stops every
   process at the block's end. The processes that raised it raise it again; the others raise a
   DistributedError with the first failing process's message. `stage` names the block in that
   message ('before training'); exceptions of the `user_errors` types are quoted without their
-  type's name.
+  type's name. The processes wait for each other at the block's end up to `timeout_s`.
 
   Without it, a process failing alone (data missing on its host, a workdir it cannot write)
   exits, and the others wait at their next barrier until the runtime's shutdown timeout aborts
@@ -204,7 +204,7 @@ def stopping_together(stage, user_errors=()):
     yield
   except Exception as err:  # pylint: disable=broad-except
     error = err
-  barrier(f'mmali_stopping_together_{stage.replace(" ", "_")}')
+  barrier(f'mmali_stopping_together_{stage.replace(" ", "_")}', timeout_s)
   text = ''
   if error is not None:
     text = str(error) if isinstance(error, user_errors) else f'{type(error).__name__}: {error}'

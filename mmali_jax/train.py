@@ -37,6 +37,9 @@ RESUMABLE_FIELDS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_step
                     'data.tfds_data_dir', 'eval')
 # matmul_precision is not among them: it changes the numbers a run computes.
 TRAIN_DATA_FILE = 'train_data.json'  # the fingerprint of the data a run trains on
+# How long the other processes of a multi-process job wait for process 0's evaluation: its probes
+# and classifiers take minutes on a GPU, and can take hours on a CPU.
+EVALUATION_TIMEOUT_S = 24 * 3600
 
 
 def _flatten(d, prefix=''):
@@ -429,8 +432,12 @@ def train_and_evaluate(config, workdir):
           # waits, as every process saves): a run stopped during an evaluation leaves no
           # results of a checkpoint it never wrote.
           checkpointer.wait()
-          if main_process:  # once, on this process's copy of the EMA weights
-            results = evaluator.run(distributed.local(state.ema_params), done)
+          # Once, on process 0's copy of the EMA weights. The others wait for it here rather
+          # than in the next step, so that an evaluation that fails stops them too.
+          with distributed.stopping_together(f'while evaluating step {done}',
+                                             console.user_errors(), EVALUATION_TIMEOUT_S):
+            if main_process:
+              results = evaluator.run(distributed.local(state.ema_params), done)
         if main_process:
           writer.write_scalars(done, {f'eval/{k}': v for k, v in results.items() if k != 'step'})
       if preempted and not last:

@@ -1,9 +1,21 @@
 """How a multi-process job is joined: which cluster is detected and which GPUs each process drives
 (the runtime itself is exercised by tests/test_multiprocess.py)."""
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import pytest
 
 from mmali_jax import distributed
+from tests.conftest import ROOT
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
 
 
 @pytest.mark.parametrize('environ,expected', [
@@ -66,3 +78,48 @@ def test_the_runtime_is_started_for_detected_or_requested_jobs_only(monkeypatch)
   explicit = _joined(monkeypatch, {}, coordinator_address='localhost:1234', num_processes=2,
                      process_id=0)
   assert explicit['num_processes'] == 2 and explicit['local_device_ids'] is None
+
+
+_STOPPING_TOGETHER = '''
+import sys
+import jax
+jax.distributed.initialize(f'localhost:{sys.argv[2]}', 2, int(sys.argv[1]))
+from mmali_jax import config_checks, distributed
+distributed.use_runtime_barriers_in_orbax()
+for stage, failing in (('in stage a', ()), ('in stage b', (0,)), ('in stage c', (0, 1)),
+                       ('in stage d', (1,))):
+  try:
+    with distributed.stopping_together(stage, (config_checks.ConfigError,)):
+      if jax.process_index() in failing:
+        if stage == 'in stage d':
+          raise KeyError('a bug')
+        raise config_checks.ConfigError(f'process {jax.process_index()} cannot go on')
+    print(stage, 'passed', flush=True)
+  except Exception as err:
+    print(stage, type(err).__name__, err, flush=True)
+'''
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives')
+def test_an_error_on_some_processes_stops_every_process_with_its_message():
+  """Two processes (JAX's runtime on this machine) through blocks that fail on none, one or both
+  of them: each failing process raises its own error, the others the first one's message."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  jobs = [subprocess.Popen([sys.executable, '-c', _STOPPING_TOGETHER, str(k), str(port)],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for k in (0, 1)]
+  outputs = [job.communicate(timeout=300) for job in jobs]
+  for job, (_, err) in zip(jobs, outputs):
+    assert job.returncode == 0, err[-3000:]
+  lines = [[l for l in out.splitlines() if l.startswith('in stage')] for out, _ in outputs]
+  assert lines[0] == [
+      'in stage a passed',
+      'in stage b ConfigError process 0 cannot go on',
+      'in stage c ConfigError process 0 cannot go on',
+      "in stage d DistributedError Process 1 stopped in stage d: KeyError: 'a bug'"]
+  assert lines[1] == [
+      'in stage a passed',
+      'in stage b DistributedError Process 0 stopped in stage b: process 0 cannot go on',
+      'in stage c ConfigError process 1 cannot go on',
+      "in stage d KeyError 'a bug'"]

@@ -54,10 +54,11 @@ def one_device(tmp_path_factory):
 
 
 def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=None,
-            last_slower_s=0, meanwhile=None, workdirs=None):
+            last_slower_s=0, meanwhile=None, workdirs=None, worker_flags=()):
   """Starts the job's processes, calls `meanwhile()` while they run; -> [(return code, output)]
   per process. The last one reaches its first training step `last_slower_s` seconds later.
-  `workdirs` (one per process) replaces `workdir` where the processes' views of it differ."""
+  `workdirs` (one per process) replaces `workdir` where the processes' views of it differ;
+  `worker_flags` go to every process (tests/multiprocess_worker.py)."""
   port = _free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
@@ -67,7 +68,7 @@ def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=
                f'--steps={steps}',
                f'--seed={(seeds or [0] * processes)[k]}',
                f'--num_examples={(num_examples or [24] * processes)[k]}',
-               f'--slow_start_s={last_slower_s if k == processes - 1 else 0}']
+               f'--slow_start_s={last_slower_s if k == processes - 1 else 0}', *worker_flags]
               for k in range(processes)]
   jobs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True, env=env) for c in commands]
@@ -200,6 +201,19 @@ def test_a_process_failing_alone_stops_every_process_with_its_message(tmp_path, 
   assert code0 != 0 and f'Process 1 stopped before training: {message}' in out0, out0[-3000:]
   assert code1 != 0 and message in out1 and 'Process 1 stopped' not in out1, out1[-3000:]
   assert not os.path.exists(workdir)
+
+
+def test_an_evaluation_failing_on_process_0_stops_every_process_with_its_message(tmp_path, cache):
+  """Process 0 alone evaluates; the others wait for it at the evaluated step, not in the next
+  training step's collectives, and stop with its error when it fails."""
+  workdir = tmp_path / 'run'
+  (code0, out0), (code1, out1) = _launch(str(workdir), 4, processes=2, devices=4, cache=cache,
+                                         worker_flags=['--failing_evaluation'])
+  message = 'The evaluation of step 2 failed.'
+  assert code0 != 0 and message in out0 and 'Process 0 stopped' not in out0, out0[-3000:]
+  assert code1 != 0 and f'Process 0 stopped while evaluating step 2: {message}' in out1, (
+      out1[-3000:])
+  assert os.listdir(workdir / 'checkpoints') == ['2']  # the evaluated step's, then nothing
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):
