@@ -194,8 +194,8 @@ def stopping_together(stage, user_errors=(), timeout_s=1800):
   type's name. The processes wait for each other at the block's end up to `timeout_s`.
 
   Without it, a process failing alone (data missing on its host, a workdir it cannot write)
-  exits, and the others wait at their next barrier until the runtime's shutdown timeout aborts
-  them with a crash report that says nothing of the cause."""
+  exits, and the others wait at their next barrier or collective until the runtime's shutdown
+  timeout (300 s) aborts them with a crash report that says nothing of the cause."""
   if jax.process_count() == 1:
     yield
     return
