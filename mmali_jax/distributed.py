@@ -11,6 +11,7 @@ process passes its own, identical copy), `local` reads a replicated array back o
 """
 import contextlib
 import hashlib
+import itertools
 import os
 import socket
 import time
@@ -18,7 +19,6 @@ import time
 from absl import flags
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 # Defines the absl flag set below (`experimental_orbax_use_distributed_barrier`).
 from orbax.checkpoint._src.multihost import multihost as orbax_multihost
@@ -177,26 +177,42 @@ def local(tree):
 def barrier(name, timeout_s=1800):
   """Waits until every process of the job reaches this point (nothing to do single-process),
   through the distributed runtime (the coordination service), not an XLA collective: on CPU a
-  collective's first use waits only 30 s for the other processes. `name` must be new each time."""
+  collective's first use waits only 30 s for the other processes."""
   if jax.process_count() > 1:
-    orbax_multihost.sync_global_processes(name, timeout=timeout_s)
+    orbax_multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
 
 
-_MESSAGE_BYTES = 4096
+_exchanges = itertools.count()  # every process makes the same exchanges in the same order
+
+
+def _exchange(what, text, timeout_s):
+  """Every process's `text`, by process index: each writes its own to the distributed runtime's
+  key-value store, all meet at a barrier, then each reads them all. No device takes part, so a
+  process whose devices have failed can still report."""
+  key = f'mmali/{what.replace(" ", "_")}/{next(_exchanges)}'
+  client = orbax_multihost.get_jax_distributed_client()
+  # A path with undecodable bytes holds lone surrogates, which the runtime cannot send.
+  text = text.encode('utf-8', 'backslashreplace').decode('utf-8')
+  client.key_value_set(f'{key}/{jax.process_index():06d}', text)
+  barrier(key, timeout_s)
+  return [value for _, value in sorted(client.key_value_dir_get(f'{key}/'))]
 
 
 @contextlib.contextmanager
 def stopping_together(stage, user_errors=(), timeout_s=1800):
-  """Runs the block on every process; an exception raised on some processes only stops every
-  process at the block's end. The processes that raised it raise it again; the others raise a
-  DistributedError with the first failing process's message. `stage` names the block in that
-  message ('before training'); exceptions of the `user_errors` types are quoted without their
-  type's name. The processes wait for each other at the block's end up to `timeout_s`.
+  """Runs the block on every process and stops them all when it raises on any of them.
+
+  Every process must enter the block, and the block must not wait for the other processes (no
+  barrier, no collective): they meet at its end. There, the processes whose block raised an
+  exception raise it again, and the others raise a DistributedError with the message of the
+  failing process of lowest index: 'Process K stopped <stage>: <message>'. Exceptions of the
+  `user_errors` types are quoted without their type's name. The processes wait for each other
+  up to `timeout_s`. KeyboardInterrupt and SystemExit pass through, and leave the others waiting.
 
   Without it, a process failing alone (data missing on its host, a workdir it cannot write)
   exits, and the others wait at their next barrier or collective until the runtime's shutdown
   timeout (300 s) aborts them with a crash report that says nothing of the cause."""
-  if jax.process_count() == 1:
+  if not jax.distributed.is_initialized():  # single-process: no backend started here
     yield
     return
   error = None
@@ -204,16 +220,18 @@ def stopping_together(stage, user_errors=(), timeout_s=1800):
     yield
   except Exception as err:  # pylint: disable=broad-except
     error = err
-  barrier(f'mmali_stopping_together_{stage.replace(" ", "_")}', timeout_s)
   text = ''
   if error is not None:
     text = str(error) if isinstance(error, user_errors) else f'{type(error).__name__}: {error}'
     text = text or type(error).__name__
-  encoded = text.encode()[:_MESSAGE_BYTES]
-  buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
-  buffer[:len(encoded)] = np.frombuffer(encoded, np.uint8)
-  messages = [bytes(row).rstrip(b'\0').decode(errors='replace')
-              for row in np.asarray(multihost_utils.process_allgather(buffer))]
+  try:
+    messages = _exchange(f'stopping_together/{stage}', text, timeout_s)
+  except Exception as err:  # pylint: disable=broad-except
+    if error is not None:
+      raise error from None  # this process's own failure is the one to report
+    raise DistributedError(f'The processes did not all get to the end of the stage {stage!r} '
+                           f'within {timeout_s} s ({type(err).__name__}: {err}); see the other '
+                           'processes\' logs.') from err
   if error is not None:
     raise error
   failed = [p for p, message in enumerate(messages) if message]
@@ -225,14 +243,10 @@ def stopping_together(stage, user_errors=(), timeout_s=1800):
 def check_same(text, what, fix):
   """Stops every process with one clear error when `text` (a config, a data fingerprint) differs
   between the processes of the job; `what` names it, `fix` says what to do."""
-  if jax.process_count() == 1:
+  if not jax.distributed.is_initialized():
     return
-  # The processes get here at different times (loading data takes longer on some hosts), and on
-  # CPU a collective's first use waits only 30 s for the others: meet through the runtime first.
-  barrier(f'mmali_check_same_{what.replace(" ", "_")}')
-  digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)
-  digests = multihost_utils.process_allgather(digest)
-  if not np.all(digests == digests[0]):
-    differing = [p for p in range(len(digests)) if not np.array_equal(digests[p], digests[0])]
+  digests = _exchange(f'check_same/{what}', hashlib.sha256(text.encode()).hexdigest(), 1800)
+  if any(d != digests[0] for d in digests):
+    differing = [p for p, d in enumerate(digests) if d != digests[0]]
     raise DistributedError(f'The processes have different {what} (processes {differing} differ '
                            f'from process 0). {fix}')

@@ -281,10 +281,13 @@ def train_and_evaluate(config, workdir):
   checkpoints are written and read by all processes together (orbax), and only process 0 writes
   logs, images, evaluations and config.json.
   """
+  # The same config everywhere first: then a config error stops every process alike.
+  distributed.check_same(config.to_json_best_effort(sort_keys=True), 'configs',
+                         'Start every process with the same command and flags.')
+  config_checks.check(config)
   # A process failing here alone (data missing on its host, a workdir it cannot write) stops
   # them all with its message, rather than leaving the others waiting for it.
   with distributed.stopping_together('before training', console.user_errors()):
-    config_checks.check(config)
     mesh = make_mesh(config)
     mods, gen, disc = networks.build(config)
     check_workdir(workdir)
@@ -294,8 +297,6 @@ def train_and_evaluate(config, workdir):
     dataset = pipeline.load_dataset(config, 'train')
     config_checks.check_images(mods, dataset)
     config_checks.check_training_data(config, dataset)
-  distributed.check_same(config.to_json_best_effort(sort_keys=True), 'configs',
-                         'Start every process with the same command and flags.')
   main_process = distributed.is_main_process()
   logging.info('%d training tuples of %s.', dataset.num_pairs, dataset.names)
   fingerprint = dataset.fingerprint()

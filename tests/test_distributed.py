@@ -85,41 +85,56 @@ import sys
 import jax
 jax.distributed.initialize(f'localhost:{sys.argv[2]}', 2, int(sys.argv[1]))
 from mmali_jax import config_checks, distributed
-distributed.use_runtime_barriers_in_orbax()
-for stage, failing in (('in stage a', ()), ('in stage b', (0,)), ('in stage c', (0, 1)),
-                       ('in stage d', (1,))):
+failures = {'in stage a': (), 'in stage b': (0,), 'in stage c': (0, 1), 'in stage d': (1,),
+            'in stage e': (1,)}
+for stage, failing in failures.items():
   try:
     with distributed.stopping_together(stage, (config_checks.ConfigError,)):
       if jax.process_index() in failing:
         if stage == 'in stage d':
           raise KeyError('a bug')
-        raise config_checks.ConfigError(f'process {jax.process_index()} cannot go on')
+        # A path with undecodable bytes, as os.fsdecode gives it.
+        where = ' at /data/\\udcff' if stage == 'in stage e' else ''
+        raise config_checks.ConfigError(f'process {jax.process_index()} cannot go on{where}')
     print(stage, 'passed', flush=True)
   except Exception as err:
-    print(stage, type(err).__name__, err, flush=True)
+    print(stage, type(err).__name__, ascii(str(err)), flush=True)
 '''
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives')
-def test_an_error_on_some_processes_stops_every_process_with_its_message():
+def test_an_error_on_some_processes_stops_every_process_with_its_message(tmp_path):
   """Two processes (JAX's runtime on this machine) through blocks that fail on none, one or both
   of them: each failing process raises its own error, the others the first one's message."""
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  logs = [open(tmp_path / f'process{k}.log', 'w+') for k in (0, 1)]  # pylint: disable=consider-using-with
   jobs = [subprocess.Popen([sys.executable, '-c', _STOPPING_TOGETHER, str(k), str(port)],
-                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True) for k in (0, 1)]
-  outputs = [job.communicate(timeout=300) for job in jobs]
-  for job, (_, err) in zip(jobs, outputs):
-    assert job.returncode == 0, err[-3000:]
-  lines = [[l for l in out.splitlines() if l.startswith('in stage')] for out, _ in outputs]
+                           cwd=ROOT, env=env, stdout=logs[k], stderr=subprocess.STDOUT, text=True)
+          for k in (0, 1)]
+  try:
+    for job in jobs:
+      job.wait(timeout=300)
+  finally:
+    for job in jobs:
+      job.kill()
+  outputs = []
+  for job, log in zip(jobs, logs):
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+    assert job.returncode == 0, outputs[-1][-3000:]
+  lines = [[l for l in out.splitlines() if l.startswith('in stage')] for out in outputs]
   assert lines[0] == [
       'in stage a passed',
-      'in stage b ConfigError process 0 cannot go on',
-      'in stage c ConfigError process 0 cannot go on',
-      "in stage d DistributedError Process 1 stopped in stage d: KeyError: 'a bug'"]
+      "in stage b ConfigError 'process 0 cannot go on'",
+      "in stage c ConfigError 'process 0 cannot go on'",
+      'in stage d DistributedError "Process 1 stopped in stage d: KeyError: \'a bug\'"',
+      "in stage e DistributedError 'Process 1 stopped in stage e: process 1 cannot go on at "
+      "/data/\\\\udcff'"]
   assert lines[1] == [
       'in stage a passed',
-      'in stage b DistributedError Process 0 stopped in stage b: process 0 cannot go on',
-      'in stage c ConfigError process 1 cannot go on',
-      "in stage d KeyError 'a bug'"]
+      "in stage b DistributedError 'Process 0 stopped in stage b: process 0 cannot go on'",
+      "in stage c ConfigError 'process 1 cannot go on'",
+      'in stage d KeyError "\'a bug\'"',
+      "in stage e ConfigError 'process 1 cannot go on at /data/\\udcff'"]

@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -70,18 +71,25 @@ def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=
                f'--num_examples={(num_examples or [24] * processes)[k]}',
                f'--slow_start_s={last_slower_s if k == processes - 1 else 0}', *worker_flags]
               for k in range(processes)]
-  jobs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=env) for c in commands]
+  # Files, not pipes: a process blocked on a full pipe that is not being read would hold up the
+  # others at their next barrier.
+  logs = [tempfile.TemporaryFile('w+') for _ in commands]  # pylint: disable=consider-using-with
+  jobs = [subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+          for c, log in zip(commands, logs)]
   try:
     if meanwhile:
       meanwhile()
-  except BaseException:
+    for job in jobs:
+      job.wait(timeout=600)
+  finally:
     for job in jobs:
       job.kill()
-      job.communicate()
-    raise
-  return [(job.returncode, out) for job, out in
-          ((job, job.communicate(timeout=600)[0]) for job in jobs)]
+  results = []
+  for job, log in zip(jobs, logs):
+    log.seek(0)
+    results.append((job.returncode, log.read()))
+    log.close()
+  return results
 
 
 def _train(workdir, steps, processes, devices, cache, **launch_options):
