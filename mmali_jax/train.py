@@ -332,11 +332,13 @@ def train_and_evaluate(config, workdir):
     checkpointer.close()
     return state
   # Written once training is certain to go on: a rerun with nothing to do leaves the stored config
-  # (and the number of steps it names) as the run made it.
-  check_workdir_config(config, workdir, write=main_process)
-  if main_process:
-    writers.write_atomically(os.path.join(workdir, TRAIN_DATA_FILE),
-                             json.dumps(fingerprint, indent=2))
+  # (and the number of steps it names) as the run made it. Process 0 writes; the others wait.
+  with distributed.stopping_together("while writing the run's files", console.user_errors()):
+    check_workdir_config(config, workdir, write=main_process)
+    if main_process:
+      writers.write_atomically(os.path.join(workdir, TRAIN_DATA_FILE),
+                               json.dumps(fingerprint, indent=2))
+      os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
 
   # Fixed inputs and noise for the sample grids, the same at every checkpoint and on resume.
   rng = np.random.default_rng([config.seed, 7])
@@ -347,8 +349,6 @@ def train_and_evaluate(config, workdir):
   fixed_styles = [rng.standard_normal((num_images, config.style_dim), np.float32) for _ in mods]
   fixed_content = rng.standard_normal((num_images, content_dim), np.float32)
   sample_names, sample_fn = samples.make_sample_fn(gen, mods, config.style_dim)
-  if main_process:
-    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
 
   writer = writers.create(workdir, main_process)
   loss_curves = None
@@ -364,16 +364,17 @@ def train_and_evaluate(config, workdir):
     step = checkpointer.save(state, [(first, n, {k: float(v) for k, v in
                                                  distributed.local(m).items()})
                                      for first, n, m in pending])
-    if not main_process:
-      return
-    # On this process's copy of the EMA weights: no other process takes part.
-    rows = jax.device_get(sample_fn(distributed.local(state.ema_params), fixed_x, fixed_styles,
-                                    fixed_content, jax.random.PRNGKey(config.seed)))
-    grid = samples.write_grid(sample_names, rows,
-                              os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
-    writer.write_images(step, {'samples': grid})
-    writer.flush()
-    loss_curves.update()
+    with distributed.stopping_together(f'while writing the samples of step {step}',
+                                       console.user_errors()):
+      if main_process:  # on its copy of the EMA weights: no other process takes part
+        rows = jax.device_get(sample_fn(distributed.local(state.ema_params), fixed_x,
+                                        fixed_styles, fixed_content,
+                                        jax.random.PRNGKey(config.seed)))
+        grid = samples.write_grid(sample_names, rows,
+                                  os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
+        writer.write_images(step, {'samples': grid})
+        writer.flush()
+        loss_curves.update()
 
   report = ProgressReport(num_train_steps=config.num_train_steps, writer=writer,
                           every_steps=config.log_every_steps)

@@ -6,8 +6,8 @@
 Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the same on every
 process) through the real training loop, then saves this process's copy of the final parameters
 to DIR/params_process<k>.npz (and which barriers orbax used). --slow_start_s delays this process
-between restoring and its first training step, as a slower host would be; with
---failing_evaluation it evaluates every 2 steps, and process 0's evaluation raises an error.
+between restoring and its first training step, as a slower host would be; with --failing,
+process 0 fails at its first evaluation or at its first checkpoint's sample grid.
 """
 import argparse
 import os
@@ -29,8 +29,9 @@ def main():
   parser.add_argument('--slow_start_s', type=float, default=0,
                       help='Seconds this process takes longer to reach its first training step '
                       '(after the processes restored their checkpoint together).')
-  parser.add_argument('--failing_evaluation', action='store_true',
-                      help='Evaluate every 2 steps, process 0\'s evaluation raising an error.')
+  parser.add_argument('--failing', choices=['evaluation', 'samples'],
+                      help='What process 0 fails at: its first evaluation (evaluating every 2 '
+                      'steps) or the sample grid of its first checkpoint.')
   args = parser.parse_args()
   # The device count of this process; other flags (the test session's) are kept.
   os.environ['XLA_FLAGS'] = ' '.join(
@@ -64,7 +65,7 @@ def main():
       return make_sample_fn(*a, **k)
 
     samples.make_sample_fn = slow_make_sample_fn
-  if args.failing_evaluation:
+  if args.failing == 'evaluation':
     from mmali_jax import config_checks  # pylint: disable=g-import-not-at-top
     from mmali_jax.evaluators import evaluator  # pylint: disable=g-import-not-at-top
     config.eval.every_steps = 2
@@ -75,6 +76,13 @@ def main():
       raise config_checks.ConfigError(f'The evaluation of step {step} failed.')
 
     evaluator.Evaluator.run = failing_run
+  if args.failing == 'samples':
+
+    def failing_write_grid(names, rows, path):
+      del names, rows
+      raise OSError(f'No space left on the device to write {os.path.basename(path)}.')
+
+    samples.write_grid = failing_write_grid
   with tfds.testing.mock_data(num_examples=args.num_examples):
     state = train.train_and_evaluate(config, args.workdir)
   params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,

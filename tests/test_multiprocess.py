@@ -211,17 +211,22 @@ def test_a_process_failing_alone_stops_every_process_with_its_message(tmp_path, 
   assert not os.path.exists(workdir)
 
 
-def test_an_evaluation_failing_on_process_0_stops_every_process_with_its_message(tmp_path, cache):
-  """Process 0 alone evaluates; the others wait for it at the evaluated step, not in the next
-  training step's collectives, and stop with its error when it fails."""
+@pytest.mark.parametrize('failing, message', [
+    ('evaluation', 'Process 0 stopped while evaluating step 2: The evaluation of step 2 failed.'),
+    ('samples', 'Process 0 stopped while writing the samples of step 2: OSError: No space left '
+                'on the device to write step_0000002.png.'),
+])
+def test_what_process_0_alone_does_stops_every_process_when_it_fails(tmp_path, cache, failing,
+                                                                     message):
+  """Process 0 alone evaluates and draws the sample grids; the others wait for it there, not in
+  the next training step's collectives, and stop with its error when it fails."""
   workdir = tmp_path / 'run'
   (code0, out0), (code1, out1) = _launch(str(workdir), 4, processes=2, devices=4, cache=cache,
-                                         worker_flags=['--failing_evaluation'])
-  message = 'The evaluation of step 2 failed.'
-  assert code0 != 0 and message in out0 and 'Process 0 stopped' not in out0, out0[-3000:]
-  assert code1 != 0 and f'Process 0 stopped while evaluating step 2: {message}' in out1, (
-      out1[-3000:])
-  assert os.listdir(workdir / 'checkpoints') == ['2']  # the evaluated step's, then nothing
+                                         worker_flags=[f'--failing={failing}'])
+  own = message.split(': ', 1)[1]
+  assert code0 != 0 and own in out0 and 'Process 0 stopped' not in out0, out0[-3000:]
+  assert code1 != 0 and message in out1, out1[-3000:]
+  assert os.listdir(workdir / 'checkpoints') == ['2']  # the step's checkpoint, then nothing
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):
