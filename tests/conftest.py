@@ -2,6 +2,7 @@
 import importlib.util
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -52,6 +53,37 @@ def run_on_one_device(script, *args):
   result = subprocess.run([sys.executable, '-c', script, *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def free_port():
+  """A TCP port on localhost that nothing listens on now (for a job's coordinator)."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_processes(commands, env, timeout_s, meanwhile=None):
+  """Starts the processes of a job, calls `meanwhile()` while they run, and waits for them (all
+  are killed on a timeout or an error); -> [(return code, output)] per process. The output goes
+  to files, not pipes: a process blocked on a full pipe that is not being read would hold up the
+  others at their next barrier."""
+  logs = [tempfile.TemporaryFile('w+') for _ in commands]  # pylint: disable=consider-using-with
+  jobs = [subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+          for c, log in zip(commands, logs)]
+  try:
+    if meanwhile:
+      meanwhile()
+    for job in jobs:
+      job.wait(timeout=timeout_s)
+  finally:
+    for job in jobs:
+      job.kill()
+  results = []
+  for job, log in zip(jobs, logs):
+    log.seek(0)
+    results.append((job.returncode, log.read()))
+    log.close()
+  return results
 
 
 def load_config(name, arg=None):

@@ -1,21 +1,14 @@
 """How a multi-process job is joined: which cluster is detected and which GPUs each process drives
 (the runtime itself is exercised by tests/test_multiprocess.py)."""
 import os
-import socket
-import subprocess
 import sys
 
 import jax
 import pytest
 
 from mmali_jax import distributed
-from tests.conftest import ROOT
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
+from tests.conftest import free_port
+from tests.conftest import run_processes
 
 
 @pytest.mark.parametrize('environ,expected', [
@@ -103,27 +96,16 @@ for stage, failing in failures.items():
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives')
-def test_an_error_on_some_processes_stops_every_process_with_its_message(tmp_path):
+def test_an_error_on_some_processes_stops_every_process_with_its_message():
   """Two processes (JAX's runtime on this machine) through blocks that fail on none, one or both
   of them: each failing process raises its own error, the others the first one's message."""
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  logs = [open(tmp_path / f'process{k}.log', 'w+') for k in (0, 1)]  # pylint: disable=consider-using-with
-  jobs = [subprocess.Popen([sys.executable, '-c', _STOPPING_TOGETHER, str(k), str(port)],
-                           cwd=ROOT, env=env, stdout=logs[k], stderr=subprocess.STDOUT, text=True)
-          for k in (0, 1)]
-  try:
-    for job in jobs:
-      job.wait(timeout=300)
-  finally:
-    for job in jobs:
-      job.kill()
-  outputs = []
-  for job, log in zip(jobs, logs):
-    log.seek(0)
-    outputs.append(log.read())
-    log.close()
-    assert job.returncode == 0, outputs[-1][-3000:]
+  results = run_processes([[sys.executable, '-c', _STOPPING_TOGETHER, str(k), str(port)]
+                           for k in (0, 1)], env, 300)
+  for returncode, out in results:
+    assert returncode == 0, out[-3000:]
+  outputs = [out for _, out in results]
   lines = [[l for l in out.splitlines() if l.startswith('in stage')] for out in outputs]
   assert lines[0] == [
       'in stage a passed',

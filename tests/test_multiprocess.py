@@ -2,27 +2,21 @@
 machine (local coordinator), against single-process runs; resuming with other process counts."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
 
+from tests.conftest import free_port
 from tests.conftest import ROOT
+from tests.conftest import run_processes
 from tests.conftest import small_config
 
 pytestmark = [pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives'),
               # One worker of `pytest -n` runs the module: its runs are shared (session-scoped, so
               # that the worker running other modules' tests in between keeps them).
               pytest.mark.xdist_group('multiprocess')]
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def _train_here(workdir, steps, num_devices):
@@ -60,7 +54,7 @@ def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=
   per process. The last one reaches its first training step `last_slower_s` seconds later.
   `workdirs` (one per process) replaces `workdir` where the processes' views of it differ;
   `worker_flags` go to every process (tests/multiprocess_worker.py)."""
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   commands = [[sys.executable, os.path.join(ROOT, 'tests', 'multiprocess_worker.py'),
@@ -71,25 +65,7 @@ def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=
                f'--num_examples={(num_examples or [24] * processes)[k]}',
                f'--slow_start_s={last_slower_s if k == processes - 1 else 0}', *worker_flags]
               for k in range(processes)]
-  # Files, not pipes: a process blocked on a full pipe that is not being read would hold up the
-  # others at their next barrier.
-  logs = [tempfile.TemporaryFile('w+') for _ in commands]  # pylint: disable=consider-using-with
-  jobs = [subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-          for c, log in zip(commands, logs)]
-  try:
-    if meanwhile:
-      meanwhile()
-    for job in jobs:
-      job.wait(timeout=600)
-  finally:
-    for job in jobs:
-      job.kill()
-  results = []
-  for job, log in zip(jobs, logs):
-    log.seek(0)
-    results.append((job.returncode, log.read()))
-    log.close()
-  return results
+  return run_processes(commands, env, 600, meanwhile)
 
 
 def _train(workdir, steps, processes, devices, cache, **launch_options):
@@ -233,7 +209,7 @@ def test_unreachable_coordinator_is_a_clear_error(tmp_path):
   """Process 1 of a job whose process 0 never starts: a message, no traceback, within seconds."""
   result = subprocess.run(
       [sys.executable, '-m', 'mmali_jax.main', '--config=configs/multimnist.py',
-       f'--workdir={tmp_path / "run"}', f'--coordinator_address=localhost:{_free_port()}',
+       f'--workdir={tmp_path / "run"}', f'--coordinator_address=localhost:{free_port()}',
        '--num_processes=2', '--process_id=1', '--distributed_timeout=5'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 1
