@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -285,9 +286,11 @@ def train_and_evaluate(config, workdir):
   distributed.check_same(config.to_json_best_effort(sort_keys=True), 'configs',
                          'Start every process with the same command and flags.')
   config_checks.check(config)
-  # A process failing here alone (data missing on its host, a workdir it cannot write) stops
-  # them all with its message, rather than leaving the others waiting for it.
-  with distributed.stopping_together('before training', console.user_errors()):
+  # A block that may fail on some processes only (data missing on one host, a file process 0
+  # alone writes) stops them all with its message, rather than leaving the others waiting.
+  together = functools.partial(distributed.stopping_together,
+                               user_errors=console.user_errors())
+  with together('before training'):
     mesh = make_mesh(config)
     mods, gen, disc = networks.build(config)
     check_workdir(workdir)
@@ -306,7 +309,7 @@ def train_and_evaluate(config, workdir):
   eval_every = default_config.eval_config(config).every_steps
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints, keep_every=eval_every)
   try:
-    with distributed.stopping_together('while checking the workdir', console.user_errors()):
+    with together('while checking the workdir'):
       check_workdir_data(fingerprint, workdir, resuming=checkpointer.latest_step() is not None)
   except Exception:
     checkpointer.close()
@@ -333,7 +336,7 @@ def train_and_evaluate(config, workdir):
     return state
   # Written once training is certain to go on: a rerun with nothing to do leaves the stored config
   # (and the number of steps it names) as the run made it. Process 0 writes; the others wait.
-  with distributed.stopping_together("while writing the run's files", console.user_errors()):
+  with together("while writing the run's files"):
     check_workdir_config(config, workdir, write=main_process)
     if main_process:
       writers.write_atomically(os.path.join(workdir, TRAIN_DATA_FILE),
@@ -364,8 +367,7 @@ def train_and_evaluate(config, workdir):
     step = checkpointer.save(state, [(first, n, {k: float(v) for k, v in
                                                  distributed.local(m).items()})
                                      for first, n, m in pending])
-    with distributed.stopping_together(f'while writing the samples of step {step}',
-                                       console.user_errors()):
+    with together(f'while writing the samples of step {step}'):
       if main_process:  # on its copy of the EMA weights: no other process takes part
         rows = jax.device_get(sample_fn(distributed.local(state.ema_params), fixed_x,
                                         fixed_styles, fixed_content,
@@ -436,8 +438,7 @@ def train_and_evaluate(config, workdir):
           checkpointer.wait()
           # Once, on process 0's copy of the EMA weights. The others wait for it here rather
           # than in the next step, so that an evaluation that fails stops them too.
-          with distributed.stopping_together(f'while evaluating step {done}',
-                                             console.user_errors(), EVALUATION_TIMEOUT_S):
+          with together(f'while evaluating step {done}', timeout_s=EVALUATION_TIMEOUT_S):
             if main_process:
               results = evaluator.run(distributed.local(state.ema_params), done)
         if main_process:
