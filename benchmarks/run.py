@@ -24,10 +24,11 @@ For MNIST-SVHN and MultiMNIST (M = 2 and 4), factorized and monolithic, at batch
   numerics modes), against the case's own config compiled in the same process and timed in
   alternating rounds, with how much each changes the losses of the first call.
 
-Writes <out_dir>/<device>.json and <device>.md (a table) and prints the table; a subset of the
-cases (--cases) goes to <device>-subset.{json,md} instead. Until every selected case is measured
-in full, the measurements so far (written after each) are in <name>-incomplete.{json,md}, so that
-a run stopped part-way keeps them, says what is missing and replaces no earlier complete table.
+Writes <out_dir>/<device>.json, <device>.md (a table) and <device>.png (its rates and speed-ups as
+bars, `plot.py`) and prints the table; a subset of the cases (--cases) goes to
+<device>-subset.{json,md,png} instead. Until every selected case is measured in full, the
+measurements so far (written after each) are in <name>-incomplete.{json,md,png}, so that a run
+stopped part-way keeps them, says what is missing and replaces no earlier complete table.
 """
 import copy
 import functools
@@ -64,6 +65,8 @@ from mmali_jax import train
 from mmali_jax import train_step
 from mmali_jax import writers
 from mmali_jax.data import sampler
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plot
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 CASES = (  # (name, config file, config argument)
@@ -78,7 +81,7 @@ CASES = (  # (name, config file, config argument)
 flags.DEFINE_string('out_dir', os.path.join(ROOT, 'benchmarks', 'results'), 'Where results go.')
 flags.DEFINE_float('seconds', 20.0, 'Approximate timed seconds per measurement.')
 flags.DEFINE_string('cases', '', 'Comma-separated substrings selecting cases (default: all); '
-                    'the results of a subset go to <device>-subset.{json,md}.')
+                    'the results of a subset go to <device>-subset.{json,md,png}.')
 flags.DEFINE_string('data_dir', None, 'TFDS data dir with mnist and svhn_cropped, to time the '
                     'real training loop (a stand-in svhn_cropped is fine for timing).')
 flags.DEFINE_integer('loop_steps', 0, 'Steps of the training-loop run (0: from --seconds).')
@@ -612,9 +615,9 @@ def _derive(record, peak):
 
 
 def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
-  """Writes the results so far to <stem>-incomplete.{json,md} while cases or measurements of the
-  last case (`measuring`: what is still to come) are missing, and once all are measured to
-  <stem>.{json,md}, removing the incomplete ones; -> the markdown."""
+  """Writes the results so far to <stem>-incomplete.{json,md,png} while cases or measurements of
+  the last case (`measuring`: what is still to come) are missing, and once all are measured to
+  <stem>.{json,md,png}, removing the incomplete ones; -> the markdown."""
   summary = dict(summary, results=results)
   partial = os.path.join(out_dir, f'{stem}-incomplete')
   done = len(results) - bool(measuring)
@@ -654,8 +657,9 @@ def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
   if failed:
     text += '\n' + '\n'.join(failed) + '\n'
   writers.write_atomically(path + '.md', text)
+  plot.write(summary, path + '.png')
   if path != partial:
-    for ext in ('.json', '.md'):
+    for ext in ('.json', '.md', '.png'):
       if os.path.exists(partial + ext):
         os.remove(partial + ext)
   return text

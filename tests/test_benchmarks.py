@@ -235,10 +235,48 @@ def test_a_stopped_run_keeps_its_cases_beside_the_complete_table(tmp_path):
   text = (tmp_path / 'gpu-1x-H200-incomplete.md').read_text()
   assert ('**Incomplete: 1 of 2 cases measured; M=4 still without its training loop, reference'
           in text) and '| M=4 |' in text
+  assert (tmp_path / 'gpu-1x-H200-incomplete.png').exists()
   run.write_results(str(tmp_path), 'gpu-1x-H200', summary, [case, dict(case, case='M=4')], 2)
-  assert sorted(os.listdir(tmp_path)) == ['gpu-1x-H200.json', 'gpu-1x-H200.md']
+  assert sorted(os.listdir(tmp_path)) == ['gpu-1x-H200.json', 'gpu-1x-H200.md', 'gpu-1x-H200.png']
   text = (tmp_path / 'gpu-1x-H200.md').read_text()
   assert 'Incomplete' not in text and '| M=4 |' in text
+
+
+def _bars(ax):
+  """{row of the table: [bar lengths, top to bottom]} of a horizontal bar chart."""
+  rows = {}
+  for bar in sorted(ax.patches, key=lambda b: b.get_y()):
+    rows.setdefault(round(bar.get_y() + bar.get_height() / 2), []).append(bar.get_width())
+  return rows
+
+
+def test_the_plot_shows_every_measured_rate_and_speed_up_and_the_device_s_target(tmp_path):
+  plot = _benchmark('plot')
+  summary = dict(device='cpu-2cores-X', date='2026-12-07', jax='x', matmul_peak_gflop_per_s=9.0,
+                 results=[dict(case='MNIST-SVHN factorized', step_iterations_per_s=2.0,
+                               loop_iterations_per_s=1.9, reference_iterations_per_s=1.5,
+                               speedup_vs_reference=1.27),
+                          dict(case='MultiMNIST M=2 factorized', step_iterations_per_s=18.0,
+                               reference_iterations_per_s=7.2, speedup_vs_reference=2.5),
+                          dict(case='MultiMNIST M=4 factorized', step_error='XlaRuntimeError')])
+  rates, speedups = plot.draw(summary).axes
+  assert _bars(rates) == {0: [2.0, 1.9, 1.5], 1: [18.0, 7.2]}  # step, loop, reference
+  assert _bars(speedups) == {0: [1.27], 1: [2.5]}
+  # Each bar labelled with its value (step, loop, reference), and the failed step named.
+  assert [t.get_text().strip() for t in rates.texts] == ['2', '18', '1.9', '1.5', '7.2',
+                                                         'step failed']
+  assert [t.get_text() for t in speedups.texts] == ['1.27x', '2.50x']
+  assert [tuple(line.get_xdata()) for line in speedups.lines] == [(1, 1), (2.0, 2.0)]
+  assert not rates.lines
+  # On a GPU the targets are rates, marked on their cases' rows; no 2x line.
+  gpu = dict(summary, device='gpu-1x-H200')
+  rates, speedups = plot.draw(gpu).axes
+  assert [(line.get_xdata()[0], tuple(line.get_ydata())) for line in rates.lines] == [
+      (500, (-0.45, 0.45)), (1000, (0.55, 1.45))]
+  assert [tuple(line.get_xdata()) for line in speedups.lines] == [(1, 1)]
+  plot.write(gpu, str(tmp_path / 'gpu.png'))
+  assert os.listdir(tmp_path) == ['gpu.png']
+  assert (tmp_path / 'gpu.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_a_failed_training_loop_is_reported_and_the_benchmark_goes_on(tmp_path):
