@@ -358,6 +358,8 @@ def train_and_evaluate(config, workdir):
   if main_process:  # drawn from what is logged, in the background (training never waits for it)
     loss_curves = curves.LossCurves(workdir)
     writer = writers.metric_writers.MultiWriter([writer, loss_curves])
+  # With several processes, an error writing the logs stops them all at the next checkpoint.
+  writer = writers.DeferringWriter(writer, defer=jax.process_count() > 1)
   if start == 0:
     writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
 
@@ -367,7 +369,8 @@ def train_and_evaluate(config, workdir):
     step = checkpointer.save(state, [(first, n, {k: float(v) for k, v in
                                                  distributed.local(m).items()})
                                      for first, n, m in pending])
-    with together(f'while writing the samples of step {step}'):
+    with together(f'while writing the logs and samples of step {step}'):
+      writer.raise_deferred()
       if main_process:  # on its copy of the EMA weights: no other process takes part
         rows = jax.device_get(sample_fn(distributed.local(state.ema_params), fixed_x,
                                         fixed_styles, fixed_content,
@@ -449,6 +452,9 @@ def train_and_evaluate(config, workdir):
             f'Stopped by {stop.reason} at step {done} of {config.num_train_steps}, after '
             f'writing the checkpoint of step {done} to {checkpointing.checkpoint_dir(workdir)}. '
             'Run the same command again to go on from there.')
+    with together('while writing the logs'):  # the last evaluation's, or an error kept
+      writer.flush()
+      writer.raise_deferred()
   finally:
     checkpointer.close()  # waits for the last save, still under the SIGTERM handler
     stop.close()

@@ -117,4 +117,42 @@ def create(workdir, main_process):
                                               asynchronous=True)
 
 
-__all__ = ['create', 'metric_writers', 'periodic_actions']
+class DeferringWriter:
+  """`writer`, whose first error, with `defer`, is kept instead of raised until
+  `raise_deferred()`; after it, nothing more is written.
+
+  For multi-process jobs, where process 0 alone writes the logs: raised at once, an error at a
+  logging step would stop it while the other processes go on into the next training step and
+  wait there for it until the runtime aborts them. Kept, it stops every process at the next point
+  where they meet anyway (the next checkpoint), after that checkpoint is written. A single
+  process raises it at once."""
+
+  def __init__(self, writer, defer):
+    self._writer = writer
+    self._defer = defer
+    self._error = None
+
+  def __getattr__(self, name):
+    method = getattr(self._writer, name)
+
+    def guarded(*args, **kwargs):
+      if self._error is not None:
+        return None
+      try:
+        return method(*args, **kwargs)
+      except Exception as e:  # pylint: disable=broad-except
+        if not self._defer:
+          raise
+        self._error = e
+        logging.error('Writing the logs failed (%s: %s); training stops at the next checkpoint.',
+                      type(e).__name__, e)
+        return None
+
+    return guarded
+
+  def raise_deferred(self):
+    if self._error is not None:
+      raise self._error
+
+
+__all__ = ['create', 'DeferringWriter', 'metric_writers', 'periodic_actions']

@@ -7,12 +7,55 @@ Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the 
 process) through the real training loop, then saves this process's copy of the final parameters
 to DIR/params_process<k>.npz (and which barriers orbax used). --slow_start_s delays this process
 between restoring and its first training step, as a slower host would be; with --failing,
-process 0 fails at its first evaluation or at its first checkpoint's sample grid.
+process 0 fails at its first evaluation, its first checkpoint's sample grid or its first
+logging step, in one run each.
 """
 import argparse
+import contextlib
+import copy
 import os
 import sys
 import time
+from unittest import mock
+
+
+@contextlib.contextmanager
+def _failing(thing, config):
+  """Process 0 failing at `thing` (see --failing) while in the block; -> the config to train."""
+  # pylint: disable=g-import-not-at-top
+  from mmali_jax import config_checks
+  from mmali_jax import samples
+  from mmali_jax import writers
+  from mmali_jax.evaluators import evaluator
+  # pylint: enable=g-import-not-at-top
+  config = copy.deepcopy(config)
+
+  def failing_evaluation(self, ema_params, step):
+    del self, ema_params
+    raise config_checks.ConfigError(f'The evaluation of step {step} failed.')
+
+  def failing_grid(names, rows, path):
+    del names, rows
+    raise OSError(f'No space left on the device to write {os.path.basename(path)}.')
+
+  def failing_create(workdir, main_process):
+    writer = create(workdir, main_process)
+    if main_process:
+      def failing_write_scalars(step, scalars):
+        del scalars
+        raise OSError(f'No space left on the device to write the scalars of step {step}.')
+      writer.write_scalars = failing_write_scalars
+    return writer
+
+  create = writers.create
+  patches = {'evaluation': (evaluator.Evaluator, 'run', failing_evaluation),
+             'samples': (samples, 'write_grid', failing_grid),
+             'scalars': (writers, 'create', failing_create)}
+  if thing == 'evaluation':
+    config.eval.every_steps = 2
+    config.eval.probe_holdout = config.eval.classifier_holdout = 0
+  with mock.patch.object(*patches[thing]):
+    yield config
 
 
 def main():
@@ -29,9 +72,12 @@ def main():
   parser.add_argument('--slow_start_s', type=float, default=0,
                       help='Seconds this process takes longer to reach its first training step '
                       '(after the processes restored their checkpoint together).')
-  parser.add_argument('--failing', choices=['evaluation', 'samples'],
-                      help='What process 0 fails at: its first evaluation (evaluating every 2 '
-                      'steps) or the sample grid of its first checkpoint.')
+  parser.add_argument('--failing', default='',
+                      help='Comma-separated things process 0 fails at, one run each in '
+                      'WORKDIR/<thing>, one after the other in the same processes: "evaluation" '
+                      '(its first, evaluating every 2 steps), "samples" (the grid of its first '
+                      'checkpoint), "scalars" (writing the losses of its first step). Each run\'s '
+                      'error is printed as "<thing> failed: <type>: <message>".')
   args = parser.parse_args()
   # The device count of this process; other flags (the test session's) are kept.
   os.environ['XLA_FLAGS'] = ' '.join(
@@ -65,24 +111,15 @@ def main():
       return make_sample_fn(*a, **k)
 
     samples.make_sample_fn = slow_make_sample_fn
-  if args.failing == 'evaluation':
-    from mmali_jax import config_checks  # pylint: disable=g-import-not-at-top
-    from mmali_jax.evaluators import evaluator  # pylint: disable=g-import-not-at-top
-    config.eval.every_steps = 2
-    config.eval.probe_holdout = config.eval.classifier_holdout = 0
-
-    def failing_run(self, ema_params, step):
-      del self, ema_params
-      raise config_checks.ConfigError(f'The evaluation of step {step} failed.')
-
-    evaluator.Evaluator.run = failing_run
-  if args.failing == 'samples':
-
-    def failing_write_grid(names, rows, path):
-      del names, rows
-      raise OSError(f'No space left on the device to write {os.path.basename(path)}.')
-
-    samples.write_grid = failing_write_grid
+  if args.failing:
+    for thing in args.failing.split(','):
+      with _failing(thing, config) as failing_config:
+        try:
+          with tfds.testing.mock_data(num_examples=args.num_examples):
+            train.train_and_evaluate(failing_config, os.path.join(args.workdir, thing))
+        except Exception as e:  # pylint: disable=broad-except
+          print(f'{thing} failed: {type(e).__name__}: {e}', flush=True)
+    return
   with tfds.testing.mock_data(num_examples=args.num_examples):
     state = train.train_and_evaluate(config, args.workdir)
   params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,

@@ -187,22 +187,29 @@ def test_a_process_failing_alone_stops_every_process_with_its_message(tmp_path, 
   assert not os.path.exists(workdir)
 
 
-@pytest.mark.parametrize('failing, message', [
-    ('evaluation', 'Process 0 stopped while evaluating step 2: The evaluation of step 2 failed.'),
-    ('samples', 'Process 0 stopped while writing the samples of step 2: OSError: No space left '
-                'on the device to write step_0000002.png.'),
-])
-def test_what_process_0_alone_does_stops_every_process_when_it_fails(tmp_path, cache, failing,
-                                                                     message):
-  """Process 0 alone evaluates and draws the sample grids; the others wait for it there, not in
-  the next training step's collectives, and stop with its error when it fails."""
-  workdir = tmp_path / 'run'
-  (code0, out0), (code1, out1) = _launch(str(workdir), 4, processes=2, devices=4, cache=cache,
-                                         worker_flags=[f'--failing={failing}'])
-  own = message.split(': ', 1)[1]
-  assert code0 != 0 and own in out0 and 'Process 0 stopped' not in out0, out0[-3000:]
-  assert code1 != 0 and message in out1, out1[-3000:]
-  assert os.listdir(workdir / 'checkpoints') == ['2']  # the step's checkpoint, then nothing
+def test_what_process_0_alone_does_stops_every_process_when_it_fails(tmp_path, cache):
+  """Process 0 alone evaluates, draws the sample grids and writes the logs; the others wait for it
+  at evaluations and checkpoints, not in the next training step's collectives, and stop with its
+  error when it fails there. An error writing the logs (at step 1) stops every process at the next
+  checkpoint (step 2), once it is written. One run each, one after the other in the same two
+  processes (tests/multiprocess_worker.py)."""
+  messages = {
+      'evaluation': 'Process 0 stopped while evaluating step 2: The evaluation of step 2 failed.',
+      'samples': 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
+                 'space left on the device to write step_0000002.png.',
+      'scalars': 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
+                 'space left on the device to write the scalars of step 1.'}
+  (code0, out0), (code1, out1) = _launch(str(tmp_path), 4, processes=2, devices=4, cache=cache,
+                                         worker_flags=[f'--failing={",".join(messages)}'])
+  assert code0 == code1 == 0, (out0[-3000:], out1[-3000:])
+  assert 'Process 0 stopped' not in out0, out0[-3000:]
+  for thing, message in messages.items():
+    own = message.split(': ', 1)[1]  # process 0 raises its own error
+    own = own if own.startswith('OSError') else f'ConfigError: {own}'
+    assert f'{thing} failed: {own}' in out0, out0[-3000:]
+    assert f'{thing} failed: DistributedError: {message}' in out1, out1[-3000:]
+    # The step's checkpoint, then nothing.
+    assert os.listdir(tmp_path / thing / 'checkpoints') == ['2'], thing
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):
