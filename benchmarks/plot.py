@@ -7,39 +7,49 @@ against the 2x the CPU target asks for.
   python benchmarks/plot.py benchmarks/results/*.json   # writes <name>.png beside each <name>.json
 """
 import json
+import math
 import os
 import sys
 
 from matplotlib import figure
 from matplotlib import ticker
 
-RATES = (('step', 'step_iterations_per_s', '#4c72b0'),
-         ('training loop', 'loop_iterations_per_s', '#55a868'),
-         ('reference', 'reference_iterations_per_s', '#c44e52'))
+RATES = (('step', 'step_iterations_per_s', 'step_error', '#4c72b0'),
+         ('training loop', 'loop_iterations_per_s', 'loop_error', '#55a868'),
+         ('reference', 'reference_iterations_per_s', 'reference_error', '#c44e52'))
 TARGET_SPEEDUP = 2.0  # on CPU, over the reference measured in the same run
 # On one H100/H200: the rates at which the paper's 250,000 steps take under 5 and 9 minutes.
 GPU_TARGETS = {'MultiMNIST M=2': 1000, 'MNIST-SVHN': 500}
 
 
+def _finite(record, key):
+  """record[key] if it is a finite positive number (a rate, a speed-up), else None."""
+  value = record.get(key)
+  if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+    return value
+  return None
+
+
 def draw(summary):
   """The Figure of `summary` (what run.py writes as JSON): two panels, iterations per second by
-  case (log scale) and the speed-up over the reference; a case whose step failed is marked so."""
+  case (log scale) and the speed-up over the reference; a step, loop or reference that failed is
+  marked where its bar would be."""
   results = summary['results']
   names = [r['case'] for r in results]
   fig = figure.Figure(figsize=(13, 2.4 + 0.55 * max(len(results), 3)), layout='constrained')
   rates_ax, speedup_ax = fig.subplots(1, 2, gridspec_kw={'width_ratios': [3, 2]})
   height = 0.8 / len(RATES)
-  for i, (label, key, color) in enumerate(RATES):
-    rows = [(y, r[key]) for y, r in enumerate(results) if r.get(key)]
-    if not rows:
-      continue
-    ys = [y - 0.4 + (i + 0.5) * height for y, _ in rows]
-    bars = rates_ax.barh(ys, [v for _, v in rows], height, color=color, label=label)
-    rates_ax.bar_label(bars, fmt='%g', padding=2, fontsize=8)
-  for y, r in enumerate(results):
-    if 'step_error' in r:
-      rates_ax.text(1, y, '  step failed', va='center', color='#c44e52', fontsize=9,
-                    transform=rates_ax.get_yaxis_transform())
+  for i, (label, key, error, color) in enumerate(RATES):
+    slot = lambda y, i=i: y - 0.4 + (i + 0.5) * height  # this rate's bar in row y
+    rows = [(y, _finite(r, key)) for y, r in enumerate(results) if _finite(r, key)]
+    if rows:
+      bars = rates_ax.barh([slot(y) for y, _ in rows], [v for _, v in rows], height,
+                           color=color, label=label)
+      rates_ax.bar_label(bars, fmt='%g', padding=2, fontsize=8)
+    for y, r in enumerate(results):
+      if error in r:  # where its bar would be
+        rates_ax.text(0.01, slot(y), f'{label} failed', va='center', color='#c44e52',
+                      fontsize=8, transform=rates_ax.get_yaxis_transform())
   if not summary['device'].startswith('cpu'):
     marked = False
     for y, r in enumerate(results):
@@ -49,7 +59,7 @@ def draw(summary):
                       linewidth=1, label=None if marked else 'GPU target')
         marked = True
   rates_ax.set_xscale('log')
-  drawn = [r[k] for r in results for _, k, _ in RATES if r.get(k)]
+  drawn = [_finite(r, k) for r in results for _, k, _, _ in RATES if _finite(r, k)]
   if drawn:  # room for the labels right of the longest bar
     rates_ax.set_xlim(min(drawn) / 1.5, max(drawn + list(GPU_TARGETS.values())
                                             if not summary['device'].startswith('cpu')
@@ -63,7 +73,7 @@ def draw(summary):
                   frameon=False)
 
   measured = [(y, r['speedup_vs_reference']) for y, r in enumerate(results)
-              if r.get('speedup_vs_reference')]
+              if _finite(r, 'speedup_vs_reference') is not None]
   if measured:
     bars = speedup_ax.barh([y for y, _ in measured], [v for _, v in measured], 0.6,
                            color='#8172b3')
@@ -94,8 +104,12 @@ def draw(summary):
 def write(summary, path):
   """Draws `summary` to the PNG `path`, replaced whole (a reader never sees half a file)."""
   partial = f'{path}.partial.png'
-  draw(summary).savefig(partial, dpi=100)
-  os.replace(partial, path)
+  try:
+    draw(summary).savefig(partial, dpi=100)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
 
 
 def main(paths):

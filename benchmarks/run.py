@@ -657,7 +657,10 @@ def write_results(out_dir, stem, summary, results, num_cases, measuring=()):
   if failed:
     text += '\n' + '\n'.join(failed) + '\n'
   writers.write_atomically(path + '.md', text)
-  plot.write(summary, path + '.png')
+  try:  # the bars are a view of the table: a failure to draw them must not stop a long run
+    plot.write(summary, path + '.png')
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'Could not draw {path}.png: {type(e).__name__}: {e}', file=sys.stderr)
   if path != partial:
     for ext in ('.json', '.md', '.png'):
       if os.path.exists(partial + ext):

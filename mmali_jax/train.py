@@ -370,7 +370,7 @@ def train_and_evaluate(config, workdir):
                                                  distributed.local(m).items()})
                                      for first, n, m in pending])
     with together(f'while writing the logs and samples of step {step}'):
-      writer.raise_deferred()
+      writer.raise_deferred()  # a log that failed since the last checkpoint
       if main_process:  # on its copy of the EMA weights: no other process takes part
         rows = jax.device_get(sample_fn(distributed.local(state.ema_params), fixed_x,
                                         fixed_styles, fixed_content,
@@ -378,8 +378,9 @@ def train_and_evaluate(config, workdir):
         grid = samples.write_grid(sample_names, rows,
                                   os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
         writer.write_images(step, {'samples': grid})
-        writer.flush()
         loss_curves.update()
+      writer.flush()  # what failed in the background (clu writes there) comes up here
+      writer.raise_deferred()
 
   report = ProgressReport(num_train_steps=config.num_train_steps, writer=writer,
                           every_steps=config.log_every_steps)
@@ -455,6 +456,8 @@ def train_and_evaluate(config, workdir):
     with together('while writing the logs'):  # the last evaluation's, or an error kept
       writer.flush()
       writer.raise_deferred()
+      if loss_curves:
+        loss_curves.close()
   finally:
     checkpointer.close()  # waits for the last save, still under the SIGTERM handler
     stop.close()

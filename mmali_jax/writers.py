@@ -106,6 +106,7 @@ if not sources.tensorflow_installed() and _SUMMARY_WRITER not in sys.modules:
   sys.modules[_SUMMARY_WRITER] = _stand_in
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from clu import asynclib
 from clu import metric_writers
 from clu import periodic_actions
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -125,7 +126,13 @@ class DeferringWriter:
   logging step would stop it while the other processes go on into the next training step and
   wait there for it until the runtime aborts them. Kept, it stops every process at the next point
   where they meet anyway (the next checkpoint), after that checkpoint is written. A single
-  process raises it at once."""
+  process raises it at once. clu writes in the background and raises what failed there at a
+  later call or `flush()`, wrapped twice in its AsyncError: the error kept is the one underneath,
+  whose message says what went wrong."""
+
+  _METHODS = ('write_scalars', 'write_images', 'write_texts', 'write_histograms',
+              'write_summaries', 'write_hparams', 'write_videos', 'write_audios', 'flush',
+              'close')
 
   def __init__(self, writer, defer):
     self._writer = writer
@@ -133,6 +140,8 @@ class DeferringWriter:
     self._error = None
 
   def __getattr__(self, name):
+    if name not in self._METHODS:
+      raise AttributeError(name)
     method = getattr(self._writer, name)
 
     def guarded(*args, **kwargs):
@@ -143,9 +152,11 @@ class DeferringWriter:
       except Exception as e:  # pylint: disable=broad-except
         if not self._defer:
           raise
+        while isinstance(e, asynclib.AsyncError) and e.__cause__ is not None:
+          e = e.__cause__
         self._error = e
-        logging.error('Writing the logs failed (%s: %s); training stops at the next checkpoint.',
-                      type(e).__name__, e)
+        logging.error('Writing the logs failed; training stops at the next checkpoint.',
+                      exc_info=e)
         return None
 
     return guarded

@@ -7,8 +7,8 @@ Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the 
 process) through the real training loop, then saves this process's copy of the final parameters
 to DIR/params_process<k>.npz (and which barriers orbax used). --slow_start_s delays this process
 between restoring and its first training step, as a slower host would be; with --failing,
-process 0 fails at its first evaluation, its first checkpoint's sample grid or its first
-logging step, in one run each.
+process 0 fails at its first evaluation, its first checkpoint's sample grid or writing that
+checkpoint step's losses, in one run each.
 """
 import argparse
 import contextlib
@@ -38,19 +38,18 @@ def _failing(thing, config):
     del names, rows
     raise OSError(f'No space left on the device to write {os.path.basename(path)}.')
 
-  def failing_create(workdir, main_process):
-    writer = create(workdir, main_process)
-    if main_process:
-      def failing_write_scalars(step, scalars):
-        del scalars
-        raise OSError(f'No space left on the device to write the scalars of step {step}.')
-      writer.write_scalars = failing_write_scalars
-    return writer
+  def failing_write_scalars(self, step, scalars):
+    # The losses of a checkpoint's step, the last write before the checkpoint: failing in the
+    # background, the error comes up during the checkpoint.
+    del self
+    if step == 2 and 'd/total' in scalars:
+      raise OSError(f'No space left on the device to write the losses of step {step}.')
 
-  create = writers.create
   patches = {'evaluation': (evaluator.Evaluator, 'run', failing_evaluation),
              'samples': (samples, 'write_grid', failing_grid),
-             'scalars': (writers, 'create', failing_create)}
+             # The event-file writer, which clu runs in the background on process 0 only.
+             'scalars': (writers.metric_writers.SummaryWriter, 'write_scalars',
+                         failing_write_scalars)}
   if thing == 'evaluation':
     config.eval.every_steps = 2
     config.eval.probe_holdout = config.eval.classifier_holdout = 0
@@ -76,7 +75,8 @@ def main():
                       help='Comma-separated things process 0 fails at, one run each in '
                       'WORKDIR/<thing>, one after the other in the same processes: "evaluation" '
                       '(its first, evaluating every 2 steps), "samples" (the grid of its first '
-                      'checkpoint), "scalars" (writing the losses of its first step). Each run\'s '
+                      'checkpoint), "scalars" (writing the losses of step 2, its first '
+                      'checkpoint\'s). Each run\'s '
                       'error is printed as "<thing> failed: <type>: <message>".')
   args = parser.parse_args()
   # The device count of this process; other flags (the test session's) are kept.

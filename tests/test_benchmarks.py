@@ -257,14 +257,18 @@ def test_the_plot_shows_every_measured_rate_and_speed_up_and_the_device_s_target
                                loop_iterations_per_s=1.9, reference_iterations_per_s=1.5,
                                speedup_vs_reference=1.27),
                           dict(case='MultiMNIST M=2 factorized', step_iterations_per_s=18.0,
+                               loop_error='MissingDatasetError',
                                reference_iterations_per_s=7.2, speedup_vs_reference=2.5),
                           dict(case='MultiMNIST M=4 factorized', step_error='XlaRuntimeError')])
   rates, speedups = plot.draw(summary).axes
   assert _bars(rates) == {0: [2.0, 1.9, 1.5], 1: [18.0, 7.2]}  # step, loop, reference
   assert _bars(speedups) == {0: [1.27], 1: [2.5]}
-  # Each bar labelled with its value (step, loop, reference), and the failed step named.
-  assert [t.get_text().strip() for t in rates.texts] == ['2', '18', '1.9', '1.5', '7.2',
-                                                         'step failed']
+  # Each bar labelled with its value, each failure named where its bar would be: step bars,
+  # step failures, loop bars, loop failures, reference bars.
+  assert [(t.get_text().strip(), round(t.get_position()[1], 2) if 'failed' in t.get_text()
+           else None) for t in rates.texts] == [
+               ('2', None), ('18', None), ('step failed', 1.73), ('1.9', None),
+               ('training loop failed', 1.0), ('1.5', None), ('7.2', None)]
   assert [t.get_text() for t in speedups.texts] == ['1.27x', '2.50x']
   assert [tuple(line.get_xdata()) for line in speedups.lines] == [(1, 1), (2.0, 2.0)]
   assert not rates.lines

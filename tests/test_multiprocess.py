@@ -190,15 +190,16 @@ def test_a_process_failing_alone_stops_every_process_with_its_message(tmp_path, 
 def test_what_process_0_alone_does_stops_every_process_when_it_fails(tmp_path, cache):
   """Process 0 alone evaluates, draws the sample grids and writes the logs; the others wait for it
   at evaluations and checkpoints, not in the next training step's collectives, and stop with its
-  error when it fails there. An error writing the logs (at step 1) stops every process at the next
-  checkpoint (step 2), once it is written. One run each, one after the other in the same two
-  processes (tests/multiprocess_worker.py)."""
+  error when it fails there. An error writing the logs stops every process at the next checkpoint,
+  once it is written; here the losses of step 2, written in the background by clu, fail while that
+  step's checkpoint is written, and stop the run there. One run each, one after the other in the
+  same two processes (tests/multiprocess_worker.py)."""
   messages = {
       'evaluation': 'Process 0 stopped while evaluating step 2: The evaluation of step 2 failed.',
       'samples': 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
                  'space left on the device to write step_0000002.png.',
       'scalars': 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
-                 'space left on the device to write the scalars of step 1.'}
+                 'space left on the device to write the losses of step 2.'}
   (code0, out0), (code1, out1) = _launch(str(tmp_path), 4, processes=2, devices=4, cache=cache,
                                          worker_flags=[f'--failing={",".join(messages)}'])
   assert code0 == code1 == 0, (out0[-3000:], out1[-3000:])

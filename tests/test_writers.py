@@ -40,3 +40,20 @@ def test_several_processes_keep_the_first_write_error_and_write_nothing_after_it
   assert inner.written == [(0, {'d/total': 1.0})]
   with pytest.raises(OSError, match='No space left'):
     writer.raise_deferred()
+
+
+def test_an_error_of_clu_s_background_writer_is_kept_as_what_went_wrong():
+  """clu writes in the background and raises a failure at a later call, wrapped twice in its
+  AsyncError ("Consider re-running the code without AsyncWriter"): the error kept, and raised to
+  every process, is the one underneath."""
+  inner = _DiskFullAtStep1()
+  writer = writers.DeferringWriter(
+      writers.metric_writers.AsyncMultiWriter([writers.metric_writers.MultiWriter([inner])]),
+      defer=True)
+  writer.write_scalars(1, {'d/total': 2.0})  # fails in the background
+  writer.flush()  # raises it here, kept
+  writer.write_scalars(2, {'d/total': 3.0})
+  writer.flush()
+  assert [w for w in inner.written if w != 'flush'] == []  # step 2 not written either
+  with pytest.raises(OSError, match='^No space left on the device.$'):
+    writer.raise_deferred()
