@@ -14,6 +14,9 @@ import sys
 from matplotlib import figure
 from matplotlib import ticker
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mmali_jax import images  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 RATES = (('step', 'step_iterations_per_s', 'step_error', '#4c72b0'),
          ('training loop', 'loop_iterations_per_s', 'loop_error', '#55a868'),
          ('reference', 'reference_iterations_per_s', 'reference_error', '#c44e52'))
@@ -36,12 +39,15 @@ def draw(summary):
   marked where its bar would be."""
   results = summary['results']
   names = [r['case'] for r in results]
+  on_cpu = summary['device'].startswith('cpu')
   fig = figure.Figure(figsize=(13, 2.4 + 0.55 * max(len(results), 3)), layout='constrained')
   rates_ax, speedup_ax = fig.subplots(1, 2, gridspec_kw={'width_ratios': [3, 2]})
   height = 0.8 / len(RATES)
+  drawn = []  # every rate drawn
   for i, (label, key, error, color) in enumerate(RATES):
     slot = lambda y, i=i: y - 0.4 + (i + 0.5) * height  # this rate's bar in row y
-    rows = [(y, _finite(r, key)) for y, r in enumerate(results) if _finite(r, key)]
+    rows = [(y, v) for y, r in enumerate(results) if (v := _finite(r, key))]
+    drawn += [v for _, v in rows]
     if rows:
       bars = rates_ax.barh([slot(y) for y, _ in rows], [v for _, v in rows], height,
                            color=color, label=label)
@@ -50,7 +56,7 @@ def draw(summary):
       if error in r:  # where its bar would be
         rates_ax.text(0.01, slot(y), f'{label} failed', va='center', color='#c44e52',
                       fontsize=8, transform=rates_ax.get_yaxis_transform())
-  if not summary['device'].startswith('cpu'):
+  if not on_cpu:
     marked = False
     for y, r in enumerate(results):
       target = next((v for k, v in GPU_TARGETS.items() if r['case'].startswith(k)), None)
@@ -59,11 +65,9 @@ def draw(summary):
                       linewidth=1, label=None if marked else 'GPU target')
         marked = True
   rates_ax.set_xscale('log')
-  drawn = [_finite(r, k) for r in results for _, k, _, _ in RATES if _finite(r, k)]
-  if drawn:  # room for the labels right of the longest bar
-    rates_ax.set_xlim(min(drawn) / 1.5, max(drawn + list(GPU_TARGETS.values())
-                                            if not summary['device'].startswith('cpu')
-                                            else drawn) * 1.4)
+  if drawn:  # room for the labels right of the longest bar (and the GPU targets)
+    rightmost = max(drawn + ([] if on_cpu else list(GPU_TARGETS.values())))
+    rates_ax.set_xlim(min(drawn) / 1.5, rightmost * 1.4)
   rates_ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
   rates_ax.xaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
   rates_ax.xaxis.set_minor_formatter(ticker.NullFormatter())
@@ -72,14 +76,13 @@ def draw(summary):
   rates_ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8,
                   frameon=False)
 
-  measured = [(y, r['speedup_vs_reference']) for y, r in enumerate(results)
-              if _finite(r, 'speedup_vs_reference') is not None]
+  measured = [(y, v) for y, r in enumerate(results) if (v := _finite(r, 'speedup_vs_reference'))]
   if measured:
     bars = speedup_ax.barh([y for y, _ in measured], [v for _, v in measured], 0.6,
                            color='#8172b3')
     speedup_ax.bar_label(bars, fmt='%.2fx', padding=2, fontsize=8)
     speedup_ax.axvline(1, color='black', linewidth=0.8)
-    if summary['device'].startswith('cpu'):
+    if on_cpu:
       speedup_ax.axvline(TARGET_SPEEDUP, color='black', linestyle='--', linewidth=1,
                          label=f'{TARGET_SPEEDUP:g}x, the CPU target')
       speedup_ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.12), fontsize=8,
@@ -103,13 +106,7 @@ def draw(summary):
 
 def write(summary, path):
   """Draws `summary` to the PNG `path`, replaced whole (a reader never sees half a file)."""
-  partial = f'{path}.partial.png'
-  try:
-    draw(summary).savefig(partial, dpi=100)
-    os.replace(partial, path)
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
+  images.save_figure(draw(summary), path)
 
 
 def main(paths):

@@ -16,6 +16,7 @@ from matplotlib import figure
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from mmali_jax import images
 from mmali_jax import writers  # clu's writers, importable without TensorFlow
 
 
@@ -66,8 +67,7 @@ def draw_loss_curves(series, path):
     if len(tags) > 1:
       ax.legend(fontsize=6, loc='best')
   fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=100)
-  os.replace(path + '.tmp.png', path)  # a reader never sees a half-written PNG
+  images.save_figure(fig, path)
   return path
 
 

@@ -246,7 +246,7 @@ def check_same(text, what, fix):
   if not jax.distributed.is_initialized():
     return
   digests = _exchange(f'check_same/{what}', hashlib.sha256(text.encode()).hexdigest(), 1800)
-  if any(d != digests[0] for d in digests):
-    differing = [p for p, d in enumerate(digests) if d != digests[0]]
+  differing = [p for p, d in enumerate(digests) if d != digests[0]]
+  if differing:
     raise DistributedError(f'The processes have different {what} (processes {differing} differ '
                            f'from process 0). {fix}')

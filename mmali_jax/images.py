@@ -1,10 +1,13 @@
-"""Image helpers with one definition each: uint8 -> float, and PNG grids of images.
+"""Image helpers with one definition each: uint8 -> float, PNG grids of images, and matplotlib
+figures saved whole.
 
 Grids: images are HWC (or HW) floats in [0, 1]. Images of different shapes share one grid: every
 image becomes RGB and is padded with black, centred, to the largest height and width (MNIST 28x28x1
 next to SVHN 32x32x3 -> 32x32x3 cells). Cells are separated by white lines; optional row labels go
 in a left margin.
 """
+import os
+
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -74,3 +77,15 @@ def _add_row_labels(grid, labels, num_rows):
   for r, label in enumerate(labels):
     draw.text((3, (r + 0.5) * row_height), str(label), fill=(0, 0, 0), font=font, anchor='lm')
   return out
+
+
+def save_figure(fig, path):
+  """A matplotlib figure as the PNG `path`, replaced whole: a reader (a browser, TensorBoard, a
+  sync) never sees a half-written file, and a failed save leaves the previous one."""
+  partial = f'{path}.tmp.png'
+  try:
+    fig.savefig(partial, dpi=100)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)

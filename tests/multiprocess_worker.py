@@ -76,8 +76,8 @@ def main():
                       'WORKDIR/<thing>, one after the other in the same processes: "evaluation" '
                       '(its first, evaluating every 2 steps), "samples" (the grid of its first '
                       'checkpoint), "scalars" (writing the losses of step 2, its first '
-                      'checkpoint\'s). Each run\'s '
-                      'error is printed as "<thing> failed: <type>: <message>".')
+                      'checkpoint\'s). Each run\'s error is printed as "<thing> failed: '
+                      '<type>: <message>".')
   args = parser.parse_args()
   # The device count of this process; other flags (the test session's) are kept.
   os.environ['XLA_FLAGS'] = ' '.join(
