@@ -18,16 +18,22 @@ def quiet_libraries():
     logging.getLogger(name).addFilter(_project_or_warning)
 
 
+# The exceptions whose message already tells the user what to do, by the module defining them.
+_USER_ERRORS = {'mmali_jax.checkpointing': ('CheckpointError', 'WorkdirConfigError'),
+                'mmali_jax.config_checks': ('ConfigError',),
+                'mmali_jax.data.sources': ('MissingDatasetError',),
+                'mmali_jax.distributed': ('DistributedError',),
+                'mmali_jax.train': ('NonFiniteError',)}
+
+
 def user_errors():
-  """Exceptions whose message already tells the user what to do: shown without a traceback."""
-  from mmali_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from mmali_jax import distributed  # pylint: disable=g-import-not-at-top
-  from mmali_jax.data import sources  # pylint: disable=g-import-not-at-top
-  from mmali_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from mmali_jax import train  # pylint: disable=g-import-not-at-top
-  return (sources.MissingDatasetError, checkpointing.CheckpointError,
-          checkpointing.WorkdirConfigError, distributed.DistributedError, train.NonFiniteError,
-          config_checks.ConfigError)
+  """Exceptions whose message already tells the user what to do: shown without a traceback.
+
+  Only those of modules already imported: an error of a module never imported cannot have been
+  raised, and importing one to name its error (the trainer imports TensorFlow) would take longer
+  than the command took to fail."""
+  return tuple(getattr(sys.modules[module], name) for module, names in _USER_ERRORS.items()
+               if module in sys.modules for name in names)
 
 
 def run(fn, *args):

@@ -15,7 +15,6 @@ from ml_collections import config_flags
 
 from mmali_jax import console
 from mmali_jax import distributed
-from mmali_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
@@ -45,6 +44,10 @@ def main(argv):
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
   logging.info('Config:\n%s', FLAGS.config)
+  # Imported here, after the flags and the distributed runtime are checked: the trainer imports
+  # TensorFlow (clu's summary writer, TFDS's readers), 10 s on a 2-core machine that a mistyped
+  # flag or an unreachable coordinator need not wait.
+  from mmali_jax import train  # pylint: disable=g-import-not-at-top
   console.run(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 

@@ -24,7 +24,6 @@ from ml_collections import config_flags
 from mmali_jax import console
 from mmali_jax import default_config
 from mmali_jax import tables
-from mmali_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,6 +68,7 @@ def main(argv):
     if FLAGS.classifiers_only:
       return
     selected = {k: v for k, v in runs.items() if not FLAGS.runs or k in FLAGS.runs}
+    from mmali_jax import train  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
     started = console.run(tables.train_and_evaluate_runs, selected, FLAGS.root,
                           train.train_and_evaluate)
     logging.info('Trained or resumed %d of %d runs.', len(started), len(selected))

@@ -21,7 +21,6 @@ import numpy as np
 
 from mmali_jax import checkpointing
 from mmali_jax import default_config
-from mmali_jax import train
 from mmali_jax.evaluators import classifiers
 from mmali_jax.evaluators import evaluator as evaluator_lib
 from mmali_jax.evaluators import latent_probe
@@ -114,6 +113,9 @@ def _finished(config, workdir):
   other runs under this sweep's settings."""
   if not os.path.exists(_final_metrics_path(workdir, config)):
     return False
+  # Imported where needed: the trainer imports TensorFlow, which the sweep's command need not
+  # wait for to refuse a mistyped table or run.
+  from mmali_jax import train  # pylint: disable=g-import-not-at-top
   train.check_workdir_config(config, workdir, write=False)
   return True
 

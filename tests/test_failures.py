@@ -540,21 +540,38 @@ def test_workdir_that_is_a_file_or_not_writable(tmp_path):
     locked.chmod(0o700)
 
 
+# `python -m mmali_jax.main ARGS`, telling on a line of stderr ('imported: [...]') whether it
+# imported the trainer or TensorFlow.
+_MAIN_TELLING_IMPORTS = """
+import runpy, sys
+sys.argv = ['mmali_jax.main'] + sys.argv[1:]
+try:
+  runpy.run_module('mmali_jax.main', run_name='__main__', alter_sys=True)
+finally:
+  print('imported:', [m for m in ('mmali_jax.train', 'tensorflow') if m in sys.modules],
+        file=sys.stderr)
+"""
+
+
 def _run_command(*args):
-  return subprocess.run([sys.executable, '-m', 'mmali_jax.main', *args], cwd=ROOT,
+  return subprocess.run([sys.executable, '-c', _MAIN_TELLING_IMPORTS, *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_unknown_or_mistyped_config_fields_on_the_command_line(tmp_path):
+  """Refused as soon as the flags are read: the trainer, and with it TensorFlow, is not imported
+  (10 s on a 2-core machine)."""
   result = _run_command('--config=configs/multimnist.py', f'--workdir={tmp_path / "run"}',
                         '--config.num_train_step=5')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert ('--config.num_train_step: there is no such config field. Did you mean '
           '"num_train_steps"?') in result.stderr
+  assert 'imported: []' in result.stderr.splitlines(), result.stderr[-3000:]
   result = _run_command('--config=configs/multimnist.py', f'--workdir={tmp_path / "run"}',
                         '--config.batch_size=many')
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert "--config.batch_size=many: invalid literal for int()" in result.stderr
+  assert 'imported: []' in result.stderr.splitlines(), result.stderr[-3000:]
   assert not os.path.exists(tmp_path / 'run')
 
 
