@@ -6,9 +6,11 @@
 Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the same on every
 process) through the real training loop, then saves this process's copy of the final parameters
 to DIR/params_process<k>.npz (and which barriers orbax used). --slow_start_s delays this process
-between restoring and its first training step, as a slower host would be; with --failing,
-process 0 fails at its first evaluation, its first checkpoint's sample grid or writing that
-checkpoint step's losses, in one run each.
+between restoring and its first training step, as a slower host would be. With --failing, the
+processes make one run per thing that fails, one after the other: before training, processes
+with different configs or data, or process 1 alone unable to use its workdir; during training,
+process 0 alone failing at its first evaluation, its first checkpoint's sample grid or writing
+that checkpoint step's losses.
 """
 import argparse
 import contextlib
@@ -18,17 +20,34 @@ import sys
 import time
 from unittest import mock
 
+NUM_EXAMPLES = 24  # per split of the generated MNIST, as tests/test_multiprocess.py's runs
+
 
 @contextlib.contextmanager
-def _failing(thing, config):
-  """Process 0 failing at `thing` (see --failing) while in the block; -> the config to train."""
+def _failing(thing, config, workdir, num_examples):
+  """`thing` (see --failing) failing while in the block; -> the config, workdir and number of
+  generated examples per split of this process's run."""
   # pylint: disable=g-import-not-at-top
+  import jax
   from mmali_jax import config_checks
   from mmali_jax import samples
   from mmali_jax import writers
   from mmali_jax.evaluators import evaluator
   # pylint: enable=g-import-not-at-top
   config = copy.deepcopy(config)
+  process = jax.process_index()
+  workdir = os.path.join(workdir, thing)
+  if thing in ('config', 'data', 'workdir'):  # the processes differ before training
+    if thing == 'config':
+      config.seed = process
+    elif thing == 'data':
+      num_examples += 8 * process
+    elif process == 1:  # on its host the workdir is a file
+      workdir += '_a_file'
+      with open(workdir, 'w'):
+        pass
+    yield config, workdir, num_examples
+    return
 
   def failing_evaluation(self, ema_params, step):
     del self, ema_params
@@ -54,7 +73,7 @@ def _failing(thing, config):
     config.eval.every_steps = 2
     config.eval.probe_holdout = config.eval.classifier_holdout = 0
   with mock.patch.object(*patches[thing]):
-    yield config
+    yield config, workdir, num_examples
 
 
 def main():
@@ -65,19 +84,18 @@ def main():
   parser.add_argument('--devices', type=int, default=1)
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--steps', type=int, required=True)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--num_examples', type=int, default=24,
-                      help='Examples per split of the generated MNIST.')
   parser.add_argument('--slow_start_s', type=float, default=0,
                       help='Seconds this process takes longer to reach its first training step '
                       '(after the processes restored their checkpoint together).')
   parser.add_argument('--failing', default='',
-                      help='Comma-separated things process 0 fails at, one run each in '
-                      'WORKDIR/<thing>, one after the other in the same processes: "evaluation" '
-                      '(its first, evaluating every 2 steps), "samples" (the grid of its first '
-                      'checkpoint), "scalars" (writing the losses of step 2, its first '
-                      'checkpoint\'s). Each run\'s error is printed as "<thing> failed: '
-                      '<type>: <message>".')
+                      help='Comma-separated things that fail, one run each in WORKDIR/<thing>, one '
+                      'after the other in the same processes. Before training: "config" (process '
+                      'k trains with seed k), "data" (process k generates 8k more examples per '
+                      'split), "workdir" (process 1\'s workdir is a file, WORKDIR/workdir_a_file). '
+                      'Process 0 alone, during training: "evaluation" (its first, evaluating every '
+                      '2 steps), "samples" (the grid of its first checkpoint), "scalars" (writing '
+                      'the losses of step 2, its first checkpoint\'s). Each run\'s error is '
+                      'printed as "<thing> failed: <type>: <message>".')
   args = parser.parse_args()
   # The device count of this process; other flags (the test session's) are kept.
   os.environ['XLA_FLAGS'] = ' '.join(
@@ -93,6 +111,7 @@ def main():
   from mmali_jax import distributed
   from mmali_jax import train
   from mmali_jax import samples
+  from mmali_jax.data import sources
   from tests.conftest import small_config
   # pylint: enable=g-import-not-at-top
 
@@ -102,7 +121,6 @@ def main():
   config = small_config('multimnist', 'modalities=2', batch_size=8, num_train_steps=args.steps,
                         checkpoint_every_steps=2, log_every_steps=1)
   config.num_devices = None  # every device of the job
-  config.seed = args.seed
   if args.slow_start_s:
     make_sample_fn = samples.make_sample_fn
 
@@ -113,14 +131,16 @@ def main():
     samples.make_sample_fn = slow_make_sample_fn
   if args.failing:
     for thing in args.failing.split(','):
-      with _failing(thing, config) as failing_config:
+      with _failing(thing, config, args.workdir, NUM_EXAMPLES) as (
+          failing_config, workdir, num_examples):
         try:
-          with tfds.testing.mock_data(num_examples=args.num_examples):
-            train.train_and_evaluate(failing_config, os.path.join(args.workdir, thing))
+          with tfds.testing.mock_data(num_examples=num_examples):
+            train.train_and_evaluate(failing_config, workdir)
         except Exception as e:  # pylint: disable=broad-except
           print(f'{thing} failed: {type(e).__name__}: {e}', flush=True)
+      sources.clear_cache()  # loaded splits are kept per process; the next run generates its own
     return
-  with tfds.testing.mock_data(num_examples=args.num_examples):
+  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
     state = train.train_and_evaluate(config, args.workdir)
   params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,
                               'ema': state.ema_params, 'stats': state.disc_stats})

@@ -48,21 +48,17 @@ def one_device(tmp_path_factory):
   return _train_here(str(tmp_path_factory.mktemp('one')), 4, num_devices=1)
 
 
-def _launch(workdir, steps, processes, devices, cache, seeds=None, num_examples=None,
-            last_slower_s=0, meanwhile=None, workdirs=None, worker_flags=()):
+def _launch(workdir, steps, processes, devices, cache, last_slower_s=0, meanwhile=None,
+            worker_flags=()):
   """Starts the job's processes, calls `meanwhile()` while they run; -> [(return code, output)]
-  per process. The last one reaches its first training step `last_slower_s` seconds later.
-  `workdirs` (one per process) replaces `workdir` where the processes' views of it differ;
+  per process. The last one reaches its first training step `last_slower_s` seconds later;
   `worker_flags` go to every process (tests/multiprocess_worker.py)."""
   port = free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   commands = [[sys.executable, os.path.join(ROOT, 'tests', 'multiprocess_worker.py'),
                f'--process_id={k}', f'--num_processes={processes}', f'--port={port}',
-               f'--devices={devices}', f'--workdir={(workdirs or [workdir] * processes)[k]}',
-               f'--steps={steps}',
-               f'--seed={(seeds or [0] * processes)[k]}',
-               f'--num_examples={(num_examples or [24] * processes)[k]}',
+               f'--devices={devices}', f'--workdir={workdir}', f'--steps={steps}',
                f'--slow_start_s={last_slower_s if k == processes - 1 else 0}', *worker_flags]
               for k in range(processes)]
   return run_processes(commands, env, 600, meanwhile)
@@ -158,59 +154,72 @@ def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, cache, two_
     assert os.listdir(workdir / 'samples') == ['step_0000004.png']
 
 
-@pytest.mark.parametrize('differing, message', [
-    ({'seeds': [0, 1]}, 'The processes have different configs (processes [1] differ from '
-                        'process 0). Start every process with the same command'),
-    ({'num_examples': [24, 32]}, 'The processes have different training data (processes [1] '
-                                 'differ from process 0). Give every process the same data'),
+@pytest.fixture(scope='session')
+def failures(tmp_path_factory, cache):
+  """One 2-process job, one run after the other for each thing that fails
+  (tests/multiprocess_worker.py --failing), in the same two processes as on a cluster the same
+  job would be started again: (the job's workdir, process 0's output, process 1's output). Every
+  run's error is caught and printed by the worker, so both processes end with status 0."""
+  workdir = tmp_path_factory.mktemp('failures')
+  things = ('config', 'data', 'workdir', 'evaluation', 'samples', 'scalars')
+  (code0, out0), (code1, out1) = _launch(str(workdir), 4, processes=2, devices=4, cache=cache,
+                                         worker_flags=[f'--failing={",".join(things)}'])
+  assert code0 == code1 == 0, (out0[-3000:], out1[-3000:])
+  return workdir, out0, out1
+
+
+def _error(out, thing):
+  """The error the run of `thing` stopped with, as the worker printed it."""
+  lines = [l for l in out.splitlines() if l.startswith(f'{thing} failed: ')]
+  assert len(lines) == 1, out[-3000:]
+  return lines[0][len(f'{thing} failed: '):]
+
+
+@pytest.mark.parametrize('thing, message', [
+    ('config', 'The processes have different configs (processes [1] differ from process 0). '
+               'Start every process with the same command'),
+    ('data', 'The processes have different training data (processes [1] differ from process 0). '
+             'Give every process the same data'),
 ])
-def test_processes_with_different_configs_or_data_stop_before_training(tmp_path, cache, differing,
-                                                                       message):
-  results = _launch(str(tmp_path / 'run'), 2, processes=2, devices=4, cache=cache, **differing)
-  for returncode, out in results:
-    assert returncode != 0
-    assert message in out
-  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+def test_processes_with_different_configs_or_data_stop_before_training(failures, thing, message):
+  workdir, out0, out1 = failures
+  for out in (out0, out1):
+    assert _error(out, thing).startswith(f'DistributedError: {message}'), out[-3000:]
+  assert not os.path.exists(workdir / thing / 'checkpoints')
 
 
-def test_a_process_failing_alone_stops_every_process_with_its_message(tmp_path, cache):
+def test_a_process_failing_alone_stops_every_process_with_its_message(failures):
   """Process 1 cannot use the workdir (on its host a file, here): every process stops before
   training, process 0 quoting process 1's message, instead of waiting for process 1 at the next
   barrier until the runtime's shutdown timeout aborts it with a crash report."""
-  workdir, a_file = tmp_path / 'run', tmp_path / 'a_file'
-  a_file.write_text('')
-  (code0, out0), (code1, out1) = _launch(str(workdir), 2, processes=2, devices=4, cache=cache,
-                                         workdirs=[str(workdir), str(a_file)])
-  message = f'--workdir={a_file} is a file, not a directory; pass a directory'
-  assert code0 != 0 and f'Process 1 stopped before training: {message}' in out0, out0[-3000:]
-  assert code1 != 0 and message in out1 and 'Process 1 stopped' not in out1, out1[-3000:]
-  assert not os.path.exists(workdir)
+  workdir, out0, out1 = failures
+  message = f'--workdir={workdir / "workdir_a_file"} is a file, not a directory; pass a directory'
+  assert f'Process 1 stopped before training: {message}' in _error(out0, 'workdir'), out0[-3000:]
+  assert message in _error(out1, 'workdir') and 'Process 1 stopped' not in out1, out1[-3000:]
+  assert not os.path.exists(workdir / 'workdir')
 
 
-def test_what_process_0_alone_does_stops_every_process_when_it_fails(tmp_path, cache):
+@pytest.mark.parametrize('thing, message', [
+    ('evaluation', 'Process 0 stopped while evaluating step 2: The evaluation of step 2 failed.'),
+    ('samples', 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
+                'space left on the device to write step_0000002.png.'),
+    ('scalars', 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
+                'space left on the device to write the losses of step 2.'),
+])
+def test_what_process_0_alone_does_stops_every_process_when_it_fails(failures, thing, message):
   """Process 0 alone evaluates, draws the sample grids and writes the logs; the others wait for it
   at evaluations and checkpoints, not in the next training step's collectives, and stop with its
   error when it fails there. An error writing the logs stops every process at the next checkpoint,
   once it is written; here the losses of step 2, written in the background by clu, fail while that
-  step's checkpoint is written, and stop the run there. One run each, one after the other in the
-  same two processes (tests/multiprocess_worker.py)."""
-  messages = {
-      'evaluation': 'Process 0 stopped while evaluating step 2: The evaluation of step 2 failed.',
-      'samples': 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
-                 'space left on the device to write step_0000002.png.',
-      'scalars': 'Process 0 stopped while writing the logs and samples of step 2: OSError: No '
-                 'space left on the device to write the losses of step 2.'}
-  (code0, out0), (code1, out1) = _launch(str(tmp_path), 4, processes=2, devices=4, cache=cache,
-                                         worker_flags=[f'--failing={",".join(messages)}'])
-  assert code0 == code1 == 0, (out0[-3000:], out1[-3000:])
+  step's checkpoint is written, and stop the run there."""
+  workdir, out0, out1 = failures
   assert 'Process 0 stopped' not in out0, out0[-3000:]
-  for thing, message in messages.items():
-    own = message.split(': ', 1)[1]  # process 0 raises its own error
-    own = own if own.startswith('OSError') else f'ConfigError: {own}'
-    assert f'{thing} failed: {own}' in out0, out0[-3000:]
-    assert f'{thing} failed: DistributedError: {message}' in out1, out1[-3000:]
-    # The step's checkpoint, then nothing.
-    assert os.listdir(tmp_path / thing / 'checkpoints') == ['2'], thing
+  own = message.split(': ', 1)[1]  # process 0 raises its own error
+  own = own if own.startswith('OSError') else f'ConfigError: {own}'
+  assert _error(out0, thing) == own, out0[-3000:]
+  assert _error(out1, thing) == f'DistributedError: {message}', out1[-3000:]
+  # The step's checkpoint, then nothing.
+  assert os.listdir(workdir / thing / 'checkpoints') == ['2']
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):
