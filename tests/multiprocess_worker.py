@@ -10,12 +10,13 @@ between restoring and its first training step, as a slower host would be. With -
 processes make one run per thing that fails, one after the other: before training, processes
 with different configs or data, or process 1 alone unable to use its workdir; during training,
 process 0 alone failing at its first evaluation, its first checkpoint's sample grid or writing
-that checkpoint step's losses.
+that checkpoint step's losses; or process 1 alone interrupted by Ctrl-C.
 """
 import argparse
 import contextlib
 import copy
 import os
+import signal
 import sys
 import time
 from unittest import mock
@@ -30,6 +31,7 @@ def _failing(thing, config, workdir, num_examples):
   # pylint: disable=g-import-not-at-top
   import jax
   from mmali_jax import config_checks
+  from mmali_jax import preemption
   from mmali_jax import samples
   from mmali_jax import writers
   from mmali_jax.evaluators import evaluator
@@ -47,6 +49,21 @@ def _failing(thing, config, workdir, num_examples):
       with open(workdir, 'w'):
         pass
     yield config, workdir, num_examples
+    return
+  if thing == 'interrupted':  # JAX's preemption notice, once given, stays: the job's last run
+    config.num_train_steps = 12
+    requested = preemption.StopRequest.requested
+
+    def interrupted_at_the_second_call(self, dispatch):
+      if process == 1 and dispatch == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(3)  # JAX's notifier looks for a SIGTERM once a second
+      return requested(self, dispatch)
+
+    # As in a terminal (a process started in the background, as pytest's may be, ignores it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with mock.patch.object(preemption.StopRequest, 'requested', interrupted_at_the_second_call):
+      yield config, workdir, num_examples
     return
 
   def failing_evaluation(self, ema_params, step):
@@ -94,8 +111,10 @@ def main():
                       'split), "workdir" (process 1\'s workdir is a file, WORKDIR/workdir_a_file). '
                       'Process 0 alone, during training: "evaluation" (its first, evaluating every '
                       '2 steps), "samples" (the grid of its first checkpoint), "scalars" (writing '
-                      'the losses of step 2, its first checkpoint\'s). Each run\'s error is '
-                      'printed as "<thing> failed: <type>: <message>".')
+                      'the losses of step 2, its first checkpoint\'s). Process 1 alone: '
+                      '"interrupted" (Ctrl-C after its first step of 12; the last one, since a '
+                      'preemption notice cannot be taken back). Each run\'s error is printed as '
+                      '"<thing> failed: <type>: <message>".')
   args = parser.parse_args()
   # The device count of this process; other flags (the test session's) are kept.
   os.environ['XLA_FLAGS'] = ' '.join(

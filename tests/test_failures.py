@@ -203,22 +203,30 @@ def _losses(workdir):
 @pytest.mark.xdist_group('four_steps')
 def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_its_data_only(
     tmp_path, monkeypatch, four_steps):
-  """Stopped at step 3, inside the logging window of steps 3-4 (checkpoints at 2 and 4, logs at 4),
-  the run logs nothing at 3; the checkpoint carries step 3's losses, so the resumed run logs at
-  step 4 the average over steps 3-4, as the uninterrupted run does. Resuming on other data is
-  refused before anything is written."""
+  """Stopped by Ctrl-C at step 3, inside the logging window of steps 3-4 (checkpoints at 2 and 4,
+  logs at 4), the run logs nothing at 3; the checkpoint carries step 3's losses, so the resumed
+  run logs at step 4 the average over steps 3-4, as the uninterrupted run does. Resuming on other
+  data is refused before anything is written."""
   whole, stopped = four_steps[0], str(tmp_path / 'stopped')
   config = small_config('multimnist', **FOUR_STEPS)
+  requested = preemption.StopRequest.requested
 
-  def stop_after_step_3(self, dispatch):
+  def ctrl_c_after_step_3(self, dispatch):
     if dispatch == 2:
-      self.reason = 'a test'
-    return self.reason is not None
+      os.kill(os.getpid(), signal.SIGINT)  # the run's handler takes it: no KeyboardInterrupt
+    return requested(self, dispatch)
 
   with monkeypatch.context() as patch:
-    patch.setattr(preemption.StopRequest, 'requested', stop_after_step_3)
-    with pytest.raises(preemption.Preempted, match='at step 3 of 4'):
-      _train(config, stopped)
+    patch.setattr(preemption.StopRequest, 'requested', ctrl_c_after_step_3)
+    # As in a terminal (pytest's workers may have been started ignoring Ctrl-C).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+      with pytest.raises(preemption.Preempted,
+                         match=r'Stopped by Ctrl-C \(SIGINT\) at step 3 of 4'):
+        _train(config, stopped)
+    finally:
+      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+      signal.signal(signal.SIGINT, previous)
   current = _losses(whole)
   assert _steps(stopped) == {2, 3}  # nothing logged off the grid:
   assert _losses(stopped) == {t: p[:1] for t, p in current.items()} and current
@@ -258,6 +266,30 @@ def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_it
   resumed = _losses(stopped)
   for tag, points in current.items():  # the same float64 average of the same float32 losses
     assert resumed[tag] == points and [s for s, _ in points] == [2, 4], tag
+
+
+@pytest.mark.xdist_group('four_steps')
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capfd):
+  """For a user who will not wait for the checkpoint: KeyboardInterrupt, the last checkpoint
+  (step 2) kept, nothing of step 3 written."""
+  requested = preemption.StopRequest.requested
+
+  def ctrl_c_twice_after_step_3(self, dispatch):
+    if dispatch == 2:
+      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGINT)
+    return requested(self, dispatch)
+
+  monkeypatch.setattr(preemption.StopRequest, 'requested', ctrl_c_twice_after_step_3)
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      _train(small_config('multimnist', **FOUR_STEPS), str(tmp_path / 'run'))
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert _steps(str(tmp_path / 'run')) == {2}
+  assert ('Ctrl-C (SIGINT): stopping after a checkpoint of the current step; Ctrl-C again stops '
+          'at once') in capfd.readouterr().err
 
 
 @pytest.mark.xdist_group('four_steps')  # one worker runs the fixture's training once

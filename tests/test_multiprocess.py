@@ -2,8 +2,10 @@
 machine (local coordinator), against single-process runs; resuming with other process counts."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -161,7 +163,7 @@ def failures(tmp_path_factory, cache):
   job would be started again: (the job's workdir, process 0's output, process 1's output). Every
   run's error is caught and printed by the worker, so both processes end with status 0."""
   workdir = tmp_path_factory.mktemp('failures')
-  things = ('config', 'data', 'workdir', 'evaluation', 'samples', 'scalars')
+  things = ('config', 'data', 'workdir', 'evaluation', 'samples', 'scalars', 'interrupted')
   (code0, out0), (code1, out1) = _launch(str(workdir), 4, processes=2, devices=4, cache=cache,
                                          worker_flags=[f'--failing={",".join(things)}'])
   assert code0 == code1 == 0, (out0[-3000:], out1[-3000:])
@@ -220,6 +222,59 @@ def test_what_process_0_alone_does_stops_every_process_when_it_fails(failures, t
   assert _error(out1, thing) == f'DistributedError: {message}', out1[-3000:]
   # The step's checkpoint, then nothing.
   assert os.listdir(workdir / thing / 'checkpoints') == ['2']
+
+
+def test_ctrl_c_on_one_process_stops_every_process_at_one_checkpointed_step(failures):
+  """Ctrl-C on process 1 alone, after its first step of 12: through JAX's preemption sync point
+  both processes stop after the same step, once its checkpoint is written, as after a SIGTERM.
+  Raising KeyboardInterrupt there, process 1 would leave process 0 waiting in the next step's
+  collectives until the runtime aborted it."""
+  workdir, out0, out1 = failures
+  stopped = []
+  for out, reason in ((out0, 'a preemption notice (SIGTERM, or Ctrl-C on one of the processes)'),
+                      (out1, 'Ctrl-C (SIGINT)')):
+    error = _error(out, 'interrupted')
+    assert error.startswith(f'Preempted: Stopped by {reason} at step '), out[-3000:]
+    step, of = error.split(' at step ')[1].split(', ')[0].split(' of ')
+    assert of == '12', error
+    stopped.append(int(step))
+  assert stopped[0] == stopped[1] and 2 <= stopped[0] < 12, stopped
+  checkpoints = sorted(int(s) for s in os.listdir(workdir / 'interrupted' / 'checkpoints'))
+  assert checkpoints[-1] == stopped[0], checkpoints
+
+
+def test_ctrl_c_on_the_local_launcher_stops_every_process(tmp_path):
+  """launch/local_multiprocess.sh starts the processes in the background, where Ctrl-C does not
+  reach them: it sends each a SIGTERM and exits with their status 75. Here the processes are
+  stand-ins that record the signal (PYTHON names the interpreter the launcher runs)."""
+  log = tmp_path / 'log'
+  stand_in = tmp_path / 'python'
+  stand_in.write_text('#!/usr/bin/env bash\n'
+                      'if [ "$1" = -c ]; then exec "$REAL_PYTHON" "$@"; fi\n'
+                      'trap \'echo "SIGTERM to ${*: -1}" >> "$LOG"; exit 75\' TERM\n'
+                      'echo "started ${*: -1}" >> "$LOG"\n'
+                      'while true; do sleep 0.05; done\n')
+  stand_in.chmod(0o755)
+  env = dict(os.environ, PYTHON=str(stand_in), REAL_PYTHON=sys.executable, LOG=str(log))
+  launcher = subprocess.Popen(
+      ['bash', 'launch/local_multiprocess.sh', '2', '1', 'configs/multimnist.py',
+       str(tmp_path / 'run'), '--config.seed=1'], cwd=ROOT, env=env, start_new_session=True,
+      stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and log.read_text().count('started') == 2):
+      time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, stderr = launcher.communicate(timeout=60)
+  finally:
+    try:  # the stand-ins too, had they been left behind
+      os.killpg(launcher.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+  assert launcher.returncode == 75, stderr
+  assert 'Stopping: every process writes a checkpoint of the current step' in stderr
+  assert sorted(log.read_text().splitlines()) == ['SIGTERM to --config.seed=1'] * 2 + [
+      'started --config.seed=1'] * 2
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):
