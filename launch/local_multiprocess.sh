@@ -28,11 +28,11 @@ stop() {
   if [ $stopping = 0 ]; then
     stopping=1
     echo "Stopping: every process writes a checkpoint of the current step, then exits." >&2
-    kill -TERM "${pids[@]}" 2>/dev/null || true
+    if [ ${#pids[@]} -gt 0 ]; then kill -TERM "${pids[@]}" 2>/dev/null || true; fi
   fi
 }
 trap stop INT TERM
-for ((i = 0; i < n; i++)); do
+for ((i = 0; i < n && stopping == 0; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=$k" JAX_PLATFORMS=cpu \
     ${PYTHON:-python} -m mmali_jax.main --config="$config" --workdir="$workdir" \
     --coordinator_address="localhost:$port" --num_processes="$n" --process_id="$i" "$@" &

@@ -19,7 +19,6 @@ crash report).
 """
 import os
 import signal
-import sys
 import threading
 
 import jax
@@ -56,9 +55,10 @@ class StopRequest:
     del signum, frame
     signal.signal(signal.SIGINT, self._previous[signal.SIGINT])  # the next one stops at once
     self._interrupted = True
-    print(f'{CTRL_C}: stopping after a checkpoint of the current step'
-          f'{" on every process" if self._multiprocess else ""}; Ctrl-C again stops at once, '
-          'losing the steps since the last checkpoint.', file=sys.stderr, flush=True)
+    # To the file descriptor: print could re-enter a write to stderr that the signal interrupted.
+    os.write(2, (f'{CTRL_C}: stopping after a checkpoint of the current step'
+                 f'{" on every process" if self._multiprocess else ""}; Ctrl-C again stops at '
+                 'once, losing the steps since the last checkpoint.\n').encode())
     if self._multiprocess:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier takes it to every process
     else:
