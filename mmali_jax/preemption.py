@@ -55,14 +55,16 @@ class StopRequest:
     del signum, frame
     signal.signal(signal.SIGINT, self._previous[signal.SIGINT])  # the next one stops at once
     self._interrupted = True
-    # To the file descriptor: print could re-enter a write to stderr that the signal interrupted.
-    os.write(2, (f'{CTRL_C}: stopping after a checkpoint of the current step'
-                 f'{" on every process" if self._multiprocess else ""}; Ctrl-C again stops at '
-                 'once, losing the steps since the last checkpoint.\n').encode())
     if self._multiprocess:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier takes it to every process
     else:
       self.reason = self.reason or CTRL_C
+    try:  # to the file descriptor: print could re-enter a write the signal interrupted
+      os.write(2, (f'{CTRL_C}: stopping after a checkpoint of the current step'
+                   f'{" on every process" if self._multiprocess else ""}; Ctrl-C again stops '
+                   'at once, losing the steps since the last checkpoint.\n').encode())
+    except OSError:  # stderr gone (a pipe whose reader Ctrl-C stopped too): stop all the same
+      pass
 
   def requested(self, dispatch):
     """dispatch: this call's number, counted from 0 in this process, the same on all."""

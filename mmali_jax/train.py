@@ -458,9 +458,20 @@ def train_and_evaluate(config, workdir):
       writer.raise_deferred()
       if loss_curves:
         loss_curves.close()
+    if stop.reason == preemption.CTRL_C and jax.process_count() == 1:
+      # Ctrl-C after the last step's check (during the last evaluation, say): the run is
+      # complete, but a sweep must not go on. (Several processes stop at a sync point or not at
+      # all, alike.)
+      checkpointer.wait()
+      raise preemption.Preempted(
+          f'Stopped by {stop.reason} at the end of the run (step {config.num_train_steps}, its '
+          f'checkpoint in {checkpointing.checkpoint_dir(workdir)}). Run the same command again '
+          'to go on with what is left (the other runs of a sweep; nothing of a single run).')
   finally:
-    checkpointer.close()  # waits for the last save, still under the SIGTERM handler
-    stop.close()
+    try:
+      checkpointer.close()  # waits for the last save, still under the SIGTERM handler
+    finally:
+      stop.close()
     writer.flush()
     if loss_curves:
       loss_curves.close()

@@ -292,6 +292,30 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capfd):
           'at once') in capfd.readouterr().err
 
 
+@pytest.mark.xdist_group('four_steps')
+def test_ctrl_c_after_the_last_step_is_asked_about_still_stops(tmp_path, monkeypatch):
+  """Ctrl-C during the last step's work (its evaluation, say), after the loop last asked: the
+  run is complete, and it still ends as stopped, so that a sweep of runs does not go on."""
+  requested = preemption.StopRequest.requested
+
+  def ctrl_c_once_step_4_was_asked_about(self, dispatch):
+    asked = requested(self, dispatch)
+    if dispatch == 3:
+      os.kill(os.getpid(), signal.SIGINT)
+    return asked
+
+  monkeypatch.setattr(preemption.StopRequest, 'requested', ctrl_c_once_step_4_was_asked_about)
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(preemption.Preempted,
+                       match=r'Stopped by Ctrl-C \(SIGINT\) at the end of the run \(step 4, '):
+      _train(small_config('multimnist', **FOUR_STEPS), str(tmp_path / 'run'))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert _steps(str(tmp_path / 'run')) == {2, 4}
+
+
 @pytest.mark.xdist_group('four_steps')  # one worker runs the fixture's training once
 @pytest.mark.parametrize('how', ['truncated files', 'a missing item', 'no commit'])
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, how, four_steps):

@@ -243,36 +243,53 @@ def test_ctrl_c_on_one_process_stops_every_process_at_one_checkpointed_step(fail
   assert checkpoints[-1] == stopped[0], checkpoints
 
 
-def test_ctrl_c_on_the_local_launcher_stops_every_process(tmp_path):
+@pytest.mark.parametrize('presses', [1, 2])
+def test_ctrl_c_on_the_local_launcher_stops_every_process(tmp_path, presses):
   """launch/local_multiprocess.sh starts the processes in the background, where Ctrl-C does not
-  reach them: it sends each a SIGTERM and exits with their status 75. Here the processes are
-  stand-ins that record the signal (PYTHON names the interpreter the launcher runs)."""
+  reach them: it sends each a SIGTERM and exits with their status 75; a second Ctrl-C kills them.
+  Here the processes are stand-ins that record the signal (PYTHON names the interpreter the
+  launcher runs); for two presses they take a SIGTERM and go on, as while writing a checkpoint."""
   log = tmp_path / 'log'
   stand_in = tmp_path / 'python'
+  on_sigterm = 'exit 75' if presses == 1 else ':'
   stand_in.write_text('#!/usr/bin/env bash\n'
                       'if [ "$1" = -c ]; then exec "$REAL_PYTHON" "$@"; fi\n'
-                      'trap \'echo "SIGTERM to ${*: -1}" >> "$LOG"; exit 75\' TERM\n'
+                      f'trap \'echo "SIGTERM to ${{*: -1}}" >> "$LOG"; {on_sigterm}\' TERM\n'
                       'echo "started ${*: -1}" >> "$LOG"\n'
                       'while true; do sleep 0.05; done\n')
   stand_in.chmod(0o755)
   env = dict(os.environ, PYTHON=str(stand_in), REAL_PYTHON=sys.executable, LOG=str(log))
-  launcher = subprocess.Popen(
-      ['bash', 'launch/local_multiprocess.sh', '2', '1', 'configs/multimnist.py',
-       str(tmp_path / 'run'), '--config.seed=1'], cwd=ROOT, env=env, start_new_session=True,
-      stderr=subprocess.PIPE, text=True)
-  try:
+
+  def _count(what):
+    return log.read_text().count(what) if log.exists() else 0
+
+  def _wait_for(what):
     deadline = time.time() + 60
-    while time.time() < deadline and not (log.exists() and log.read_text().count('started') == 2):
+    while time.time() < deadline and _count(what) < 2:
       time.sleep(0.05)
+
+  # Ctrl-C as in a terminal, even where this test runs with it ignored (it would be in the
+  # launcher too, which could not trap it).
+  as_in_a_terminal = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                      'os.execvp("bash", ["bash", *sys.argv[1:]])')
+  launcher = subprocess.Popen(
+      [sys.executable, '-c', as_in_a_terminal, 'launch/local_multiprocess.sh', '2', '1',
+       'configs/multimnist.py', str(tmp_path / 'run'), '--config.seed=1'], cwd=ROOT, env=env,
+      start_new_session=True, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for('started')
     os.killpg(launcher.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    if presses == 2:
+      _wait_for('SIGTERM')
+      os.killpg(launcher.pid, signal.SIGINT)
     _, stderr = launcher.communicate(timeout=60)
   finally:
     try:  # the stand-ins too, had they been left behind
       os.killpg(launcher.pid, signal.SIGKILL)
     except ProcessLookupError:
       pass
-  assert launcher.returncode == 75, stderr
-  assert 'Stopping: every process writes a checkpoint of the current step' in stderr
+  assert launcher.returncode == (75 if presses == 1 else 128 + signal.SIGKILL), stderr
+  assert stderr.count('Stopping: every process writes a checkpoint of the current step') == 1
   assert sorted(log.read_text().splitlines()) == ['SIGTERM to --config.seed=1'] * 2 + [
       'started --config.seed=1'] * 2
 
