@@ -4,6 +4,7 @@ The kill and preemption tests run the real command (`python -m mmali_jax.main`, 
 data: tests/command_worker.py) in a subprocess and compare every array of the final checkpoint
 bitwise with an uninterrupted run.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import types
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -195,6 +197,31 @@ def test_sync_point_ids_count_dispatches_and_evaluated_steps_keep_checkpoints(tm
   assert _steps(str(tmp_path / 'run')) == {4, 6}
 
 
+@contextlib.contextmanager
+def _ctrl_c(dispatch, presses=1, after_the_check=False):
+  """Within the block, Ctrl-C `presses` times when the training loop asks whether to stop after
+  its call number `dispatch` (before it asks, or just after). SIGINT is handled as in a terminal
+  (pytest's workers may have been started ignoring it), and put back after."""
+  requested = preemption.StopRequest.requested
+
+  def pressing(self, i):
+    if i == dispatch and not after_the_check:
+      for _ in range(presses):
+        os.kill(os.getpid(), signal.SIGINT)
+    asked = requested(self, i)
+    if i == dispatch and after_the_check:
+      for _ in range(presses):
+        os.kill(os.getpid(), signal.SIGINT)
+    return asked
+
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with mock.patch.object(preemption.StopRequest, 'requested', pressing):
+      yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def _losses(workdir):
   return {tag: points for tag, points in curves.read_scalars(workdir).items()
           if tag.startswith(('d/', 'g/'))}
@@ -202,31 +229,17 @@ def _losses(workdir):
 
 @pytest.mark.xdist_group('four_steps')
 def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_its_data_only(
-    tmp_path, monkeypatch, four_steps):
+    tmp_path, four_steps):
   """Stopped by Ctrl-C at step 3, inside the logging window of steps 3-4 (checkpoints at 2 and 4,
   logs at 4), the run logs nothing at 3; the checkpoint carries step 3's losses, so the resumed
   run logs at step 4 the average over steps 3-4, as the uninterrupted run does. Resuming on other
   data is refused before anything is written."""
   whole, stopped = four_steps[0], str(tmp_path / 'stopped')
   config = small_config('multimnist', **FOUR_STEPS)
-  requested = preemption.StopRequest.requested
-
-  def ctrl_c_after_step_3(self, dispatch):
-    if dispatch == 2:
-      os.kill(os.getpid(), signal.SIGINT)  # the run's handler takes it: no KeyboardInterrupt
-    return requested(self, dispatch)
-
-  with monkeypatch.context() as patch:
-    patch.setattr(preemption.StopRequest, 'requested', ctrl_c_after_step_3)
-    # As in a terminal (pytest's workers may have been started ignoring Ctrl-C).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-      with pytest.raises(preemption.Preempted,
-                         match=r'Stopped by Ctrl-C \(SIGINT\) at step 3 of 4'):
-        _train(config, stopped)
-    finally:
-      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
-      signal.signal(signal.SIGINT, previous)
+  with _ctrl_c(dispatch=2):  # the run's handler takes it: no KeyboardInterrupt
+    with pytest.raises(preemption.Preempted, match=r'Stopped by Ctrl-C \(SIGINT\) at step 3 of 4'):
+      _train(config, stopped)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
   current = _losses(whole)
   assert _steps(stopped) == {2, 3}  # nothing logged off the grid:
   assert _losses(stopped) == {t: p[:1] for t, p in current.items()} and current
@@ -269,50 +282,25 @@ def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_it
 
 
 @pytest.mark.xdist_group('four_steps')
-def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capfd):
+def test_a_second_ctrl_c_stops_at_once(tmp_path, capfd):
   """For a user who will not wait for the checkpoint: KeyboardInterrupt, the last checkpoint
   (step 2) kept, nothing of step 3 written."""
-  requested = preemption.StopRequest.requested
-
-  def ctrl_c_twice_after_step_3(self, dispatch):
-    if dispatch == 2:
-      os.kill(os.getpid(), signal.SIGINT)
-      os.kill(os.getpid(), signal.SIGINT)
-    return requested(self, dispatch)
-
-  monkeypatch.setattr(preemption.StopRequest, 'requested', ctrl_c_twice_after_step_3)
-  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
-    with pytest.raises(KeyboardInterrupt):
-      _train(small_config('multimnist', **FOUR_STEPS), str(tmp_path / 'run'))
-  finally:
-    signal.signal(signal.SIGINT, previous)
+  with _ctrl_c(dispatch=2, presses=2), pytest.raises(KeyboardInterrupt):
+    _train(small_config('multimnist', **FOUR_STEPS), str(tmp_path / 'run'))
   assert _steps(str(tmp_path / 'run')) == {2}
   assert ('Ctrl-C (SIGINT): stopping after a checkpoint of the current step; Ctrl-C again stops '
           'at once') in capfd.readouterr().err
 
 
 @pytest.mark.xdist_group('four_steps')
-def test_ctrl_c_after_the_last_step_is_asked_about_still_stops(tmp_path, monkeypatch):
+def test_ctrl_c_after_the_last_step_is_asked_about_still_stops(tmp_path):
   """Ctrl-C during the last step's work (its evaluation, say), after the loop last asked: the
   run is complete, and it still ends as stopped, so that a sweep of runs does not go on."""
-  requested = preemption.StopRequest.requested
-
-  def ctrl_c_once_step_4_was_asked_about(self, dispatch):
-    asked = requested(self, dispatch)
-    if dispatch == 3:
-      os.kill(os.getpid(), signal.SIGINT)
-    return asked
-
-  monkeypatch.setattr(preemption.StopRequest, 'requested', ctrl_c_once_step_4_was_asked_about)
-  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
+  with _ctrl_c(dispatch=3, after_the_check=True):
     with pytest.raises(preemption.Preempted,
                        match=r'Stopped by Ctrl-C \(SIGINT\) at the end of the run \(step 4, '):
       _train(small_config('multimnist', **FOUR_STEPS), str(tmp_path / 'run'))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
-  finally:
-    signal.signal(signal.SIGINT, previous)
   assert _steps(str(tmp_path / 'run')) == {2, 4}
 
 
