@@ -1,21 +1,29 @@
-"""One process of a local multi-process training job, for tests/test_multiprocess.py.
+"""The processes of a local multi-process training job, for tests/test_multiprocess.py.
 
   python tests/multiprocess_worker.py --process_id=0 --num_processes=2 --port=PORT \\
-      --devices=4 --workdir=DIR --steps=4
+      --devices=4 --workdir=DIR --steps=4 [--resume_in=DIR2] [--failing=... --failures_in=DIR3]
 
 Trains a small MultiMNIST config on generated data (tfds.testing.mock_data, the same on every
 process) through the real training loop, then saves this process's copy of the final parameters
 to DIR/params_process<k>.npz (and which barriers orbax used). --slow_start_s delays this process
-between restoring and its first training step, as a slower host would be. With --failing, the
-processes make one run per thing that fails, one after the other: before training, processes
-with different configs or data, or process 1 alone unable to use its workdir; during training,
-process 0 alone failing at its first evaluation, its first checkpoint's sample grid or writing
-that checkpoint step's losses; or process 1 alone interrupted by Ctrl-C.
+between restoring and its first training step, as a slower host would be (that run only).
+
+The same processes then go on, as on a cluster the same job would be started again (one job, so
+that the processes import, trace and compile once: on CPU each process compiles its own programs,
+tests/test_multiprocess.py):
+- --resume_in: a copy of DIR without its last checkpoint and its sample grids, resumed to
+  --steps, its parameters saved as above;
+- --failing: one run per thing that fails, in FAILURES_IN/<thing>, one after the other. Before
+  training: processes with different configs or data, or process 1 alone unable to use its
+  workdir; during training: process 0 alone failing at its first evaluation, its first
+  checkpoint's sample grid or writing that checkpoint step's losses; or process 1 alone
+  interrupted by Ctrl-C.
 """
 import argparse
 import contextlib
 import copy
 import os
+import shutil
 import signal
 import sys
 import time
@@ -93,6 +101,35 @@ def _failing(thing, config, workdir, num_examples):
     yield config, workdir, num_examples
 
 
+def _save(state, workdir):
+  """This process's copy of the final parameters, and which barriers orbax used."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  from mmali_jax import distributed
+  # pylint: enable=g-import-not-at-top
+  params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,
+                              'ema': state.ema_params, 'stats': state.disc_stats})
+  flat = {jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  np.savez(os.path.join(workdir, f'params_process{jax.process_index()}.npz'), **flat)
+  # Orbax's asynchronous saves synchronise through the distributed runtime, not XLA collectives
+  # that could interleave with the training step's (mmali_jax/distributed.py).
+  with open(os.path.join(workdir, f'orbax_barriers_process{jax.process_index()}.txt'),
+            'w') as f:
+    f.write('runtime' if distributed.orbax_uses_runtime_barriers() else 'collectives')
+
+
+def copy_without_last_checkpoint(workdir, copy, steps):
+  """`workdir` as a run stopped after its checkpoint before `steps` would have left it: without
+  checkpoint `steps`, the sample grids (a resumed run draws only those after its restored step)
+  and what the test worker saved."""
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('params_process*',
+                                                                 'orbax_barriers_process*'))
+  shutil.rmtree(os.path.join(copy, 'checkpoints', str(steps)))
+  shutil.rmtree(os.path.join(copy, 'samples'))
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--process_id', type=int, default=0)
@@ -103,19 +140,28 @@ def main():
   parser.add_argument('--steps', type=int, required=True)
   parser.add_argument('--slow_start_s', type=float, default=0,
                       help='Seconds this process takes longer to reach its first training step '
-                      '(after the processes restored their checkpoint together).')
+                      '(after the processes restored their checkpoint together), in the first '
+                      'run only.')
+  parser.add_argument('--resume_in', default='',
+                      help='After the run: a copy of WORKDIR without its checkpoint of --steps '
+                      'and its sample grids (made by process 0), resumed to --steps by every '
+                      'process; its parameters are saved there as the run\'s are in WORKDIR.')
   parser.add_argument('--failing', default='',
-                      help='Comma-separated things that fail, one run each in WORKDIR/<thing>, one '
-                      'after the other in the same processes. Before training: "config" (process '
-                      'k trains with seed k), "data" (process k generates 8k more examples per '
-                      'split), "workdir" (process 1\'s workdir is a file, WORKDIR/workdir_a_file). '
-                      'Process 0 alone, during training: "evaluation" (its first, evaluating every '
-                      '2 steps), "samples" (the grid of its first checkpoint), "scalars" (writing '
-                      'the losses of step 2, its first checkpoint\'s). Process 1 alone: '
-                      '"interrupted" (Ctrl-C after its first step of 12; the last one, since a '
-                      'preemption notice cannot be taken back). Each run\'s error is printed as '
-                      '"<thing> failed: <type>: <message>".')
+                      help='Comma-separated things that fail, one run each in FAILURES_IN/<thing>, '
+                      'one after the other in the same processes, after the run (and the '
+                      'resume). Before training: "config" (process k trains with seed k), "data" '
+                      '(process k generates 8k more examples per split), "workdir" (process 1\'s '
+                      'workdir is a file, FAILURES_IN/workdir_a_file). Process 0 alone, during '
+                      'training: "evaluation" (its first, evaluating every 2 steps), "samples" '
+                      '(the grid of its first checkpoint), "scalars" (writing the losses of step '
+                      '2, its first checkpoint\'s). Process 1 alone: "interrupted" (Ctrl-C after '
+                      'its first step of 12; the last one, since a preemption notice cannot be '
+                      'taken back). Each run\'s error is printed as "<thing> failed: <type>: '
+                      '<message>".')
+  parser.add_argument('--failures_in', default='', help='Where the runs of --failing go.')
   args = parser.parse_args()
+  if args.failing and not args.failures_in:
+    parser.error('--failing needs --failures_in')
   # The device count of this process; other flags (the test session's) are kept.
   os.environ['XLA_FLAGS'] = ' '.join(
       [f for f in os.environ.get('XLA_FLAGS', '').split()
@@ -125,7 +171,6 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # pylint: disable=g-import-not-at-top
   import jax
-  import numpy as np
   import tensorflow_datasets as tfds
   from mmali_jax import distributed
   from mmali_jax import train
@@ -140,37 +185,36 @@ def main():
   config = small_config('multimnist', 'modalities=2', batch_size=8, num_train_steps=args.steps,
                         checkpoint_every_steps=2, log_every_steps=1)
   config.num_devices = None  # every device of the job
-  if args.slow_start_s:
-    make_sample_fn = samples.make_sample_fn
 
-    def slow_make_sample_fn(*a, **k):
-      time.sleep(args.slow_start_s)
-      return make_sample_fn(*a, **k)
+  def slow_make_sample_fn(*a, **k):
+    time.sleep(args.slow_start_s)
+    return make_sample_fn(*a, **k)
 
-    samples.make_sample_fn = slow_make_sample_fn
+  make_sample_fn = samples.make_sample_fn
+  with mock.patch.object(samples, 'make_sample_fn',
+                         slow_make_sample_fn if args.slow_start_s else make_sample_fn):
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+      _save(train.train_and_evaluate(config, args.workdir), args.workdir)
+
+  if args.resume_in:
+    if jax.process_index() == 0:
+      copy_without_last_checkpoint(args.workdir, args.resume_in, args.steps)
+    distributed.barrier('copied')
+    sources.clear_cache()  # loaded splits are kept per process; a new run loads its own
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+      _save(train.train_and_evaluate(config, args.resume_in), args.resume_in)
+
   if args.failing:
-    for thing in args.failing.split(','):
-      with _failing(thing, config, args.workdir, NUM_EXAMPLES) as (
-          failing_config, workdir, num_examples):
-        try:
-          with tfds.testing.mock_data(num_examples=num_examples):
-            train.train_and_evaluate(failing_config, workdir)
-        except Exception as e:  # pylint: disable=broad-except
-          print(f'{thing} failed: {type(e).__name__}: {e}', flush=True)
-      sources.clear_cache()  # loaded splits are kept per process; the next run generates its own
-    return
-  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-    state = train.train_and_evaluate(config, args.workdir)
-  params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,
-                              'ema': state.ema_params, 'stats': state.disc_stats})
-  flat = {jax.tree_util.keystr(path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-  np.savez(os.path.join(args.workdir, f'params_process{jax.process_index()}.npz'), **flat)
-  # Orbax's asynchronous saves synchronise through the distributed runtime, not XLA collectives
-  # that could interleave with the training step's (mmali_jax/distributed.py).
-  with open(os.path.join(args.workdir, f'orbax_barriers_process{jax.process_index()}.txt'),
-            'w') as f:
-    f.write('runtime' if distributed.orbax_uses_runtime_barriers() else 'collectives')
+    os.makedirs(args.failures_in, exist_ok=True)
+  for thing in filter(None, args.failing.split(',')):
+    sources.clear_cache()
+    with _failing(thing, config, args.failures_in, NUM_EXAMPLES) as (
+        failing_config, workdir, num_examples):
+      try:
+        with tfds.testing.mock_data(num_examples=num_examples):
+          train.train_and_evaluate(failing_config, workdir)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f'{thing} failed: {type(e).__name__}: {e}', flush=True)
 
 
 if __name__ == '__main__':

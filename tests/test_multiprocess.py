@@ -1,7 +1,6 @@
 """Multi-process training with JAX's distributed runtime: 2 processes x 4 CPU devices on one
 machine (local coordinator), against single-process runs; resuming with other process counts."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import multiprocess_worker
 from tests.conftest import free_port
 from tests.conftest import ROOT
 from tests.conftest import run_processes
@@ -63,20 +63,18 @@ def _launch(workdir, steps, processes, devices, cache, last_slower_s=0, meanwhil
                f'--devices={devices}', f'--workdir={workdir}', f'--steps={steps}',
                f'--slow_start_s={last_slower_s if k == processes - 1 else 0}', *worker_flags]
               for k in range(processes)]
-  return run_processes(commands, env, 600, meanwhile)
+  return run_processes(commands, env, 1200, meanwhile)
 
 
-def _train(workdir, steps, processes, devices, cache, **launch_options):
-  """Runs the job to `steps` (`_launch`) and returns process 0's final parameters
-  {name: array}."""
-  for returncode, out in _launch(workdir, steps, processes, devices, cache, **launch_options):
-    assert returncode == 0, out[-3000:]
+def _saved_params(workdir, processes):
+  """Process 0's final parameters {name: array}, as the worker saved them, after checking that
+  every process ended with the same replica and that orbax synchronised through the runtime."""
   for k in range(processes if processes > 1 else 0):
     with open(os.path.join(workdir, f'orbax_barriers_process{k}.txt')) as f:
       assert f.read() == 'runtime'
   with np.load(os.path.join(workdir, 'params_process0.npz')) as f:
     params = dict(f)
-  for k in range(1, processes):  # every process ends with the same replica
+  for k in range(1, processes):
     with np.load(os.path.join(workdir, f'params_process{k}.npz')) as f:
       for name, value in f.items():
         np.testing.assert_array_equal(value, params[name], err_msg=name)
@@ -92,21 +90,47 @@ def _assert_same_training(a, b, steps, learning_rate=2e-4):
   assert np.mean(diffs > 1e-5) < 1e-3, np.mean(diffs > 1e-5)
 
 
-@pytest.fixture(scope='session')
-def two_processes(tmp_path_factory, cache, request):
-  """A 2-process x 4-device run of 4 steps: (its workdir, process 0's final parameters).
+# What fails in the job's last runs, in order (tests/multiprocess_worker.py --failing).
+FAILING = ('config', 'data', 'workdir', 'evaluation', 'samples', 'scalars', 'interrupted')
 
-  Process 1 reaches the first step 35 s after process 0: on CPU the step's collectives wait only
-  30 s for the other processes when they are first set up (train.py starts them together).
-  Meanwhile this process trains the single-process runs the tests compare with."""
-  workdir = str(tmp_path_factory.mktemp('two'))
+
+@pytest.fixture(scope='session')
+def job(tmp_path_factory, cache, request):
+  """The module's 2-process x 4-device job. Its two processes make, one after the other:
+  - a run of 4 steps in `two`. Process 1 reaches the first step 35 s after process 0: on CPU the
+    step's collectives wait only 30 s for the other processes when they are first set up
+    (train.py starts them together);
+  - a copy of that run stopped after its checkpoint of step 2, resumed to step 4 in
+    `resumed_by_2`;
+  - one run per thing of FAILING in `failures/<thing>`, as on a cluster the same job would be
+    started again. Every run's error is caught and printed by the worker, so both processes end
+    with status 0.
+  One job and not three: every process of a job imports, traces and compiles its programs, and
+  on CPU process 1 never finds its programs in the compilation cache (its key holds the
+  process's own view of the devices, and JAX writes entries from process 0 only).
+  Meanwhile this process trains the single-process runs the tests compare with.
+  -> {'two', 'resumed_by_2', 'failures': their directories, 'out0', 'out1': each process's
+  output}."""
+  root = tmp_path_factory.mktemp('job')
+  dirs = {name: root / name for name in ('two', 'resumed_by_2', 'failures')}
 
   def single_process_runs():
     request.getfixturevalue('eight_devices')
     request.getfixturevalue('one_device')
 
-  return workdir, _train(workdir, 4, processes=2, devices=4, cache=cache, last_slower_s=35,
-                         meanwhile=single_process_runs)
+  (code0, out0), (code1, out1) = _launch(
+      str(dirs['two']), 4, processes=2, devices=4, cache=cache, last_slower_s=35,
+      meanwhile=single_process_runs,
+      worker_flags=[f'--resume_in={dirs["resumed_by_2"]}', f'--failing={",".join(FAILING)}',
+                    f'--failures_in={dirs["failures"]}'])
+  assert code0 == code1 == 0, (out0[-3000:], out1[-3000:])
+  return dict(dirs, out0=out0, out1=out1)
+
+
+@pytest.fixture(scope='session')
+def two_processes(job):
+  """The job's first run: (its workdir, process 0's final parameters)."""
+  return job['two'], _saved_params(job['two'], 2)
 
 
 def test_the_module_runs_on_one_worker(request):
@@ -130,44 +154,24 @@ def test_two_processes_train_as_one_process(two_processes, eight_devices, one_de
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
 
 
-def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, cache, two_processes,
+def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, job, two_processes,
                                                            eight_devices):
-  """The 2-process run stopped after its checkpoint of step 2, resumed to step 4 (by one process,
-  here, while two processes resume another copy)."""
-  workdirs = {}
-  for processes in (1, 2):
-    workdir = workdirs[processes] = tmp_path / f'resumed_by_{processes}'
-    shutil.copytree(two_processes[0], workdir)
-    shutil.rmtree(workdir / 'checkpoints' / '4')
-    shutil.rmtree(workdir / 'samples')
-    for name in os.listdir(workdir):
-      if name.startswith('params_process'):
-        os.remove(workdir / name)
-  resumed = {}
-
-  def resume_here():
-    resumed[1] = _train_here(str(workdirs[1]), 4, num_devices=8)
-
-  resumed[2] = _train(str(workdirs[2]), 4, processes=2, devices=4, cache=cache,
-                      meanwhile=resume_here)
-  for processes, workdir in workdirs.items():
+  """The 2-process run stopped after its checkpoint of step 2, resumed to step 4 by two processes
+  (in the job) and by one (here)."""
+  resumed_by_1 = tmp_path / 'resumed_by_1'
+  multiprocess_worker.copy_without_last_checkpoint(two_processes[0], resumed_by_1, 4)
+  resumed = {1: _train_here(str(resumed_by_1), 4, num_devices=8),
+             2: _saved_params(job['resumed_by_2'], 2)}
+  for processes, workdir in ((1, resumed_by_1), (2, job['resumed_by_2'])):
     _assert_same_training(resumed[processes], eight_devices, steps=4)
     # It went on from step 2: a run started afresh would have drawn step 2's samples again.
     assert os.listdir(workdir / 'samples') == ['step_0000004.png']
 
 
 @pytest.fixture(scope='session')
-def failures(tmp_path_factory, cache):
-  """One 2-process job, one run after the other for each thing that fails
-  (tests/multiprocess_worker.py --failing), in the same two processes as on a cluster the same
-  job would be started again: (the job's workdir, process 0's output, process 1's output). Every
-  run's error is caught and printed by the worker, so both processes end with status 0."""
-  workdir = tmp_path_factory.mktemp('failures')
-  things = ('config', 'data', 'workdir', 'evaluation', 'samples', 'scalars', 'interrupted')
-  (code0, out0), (code1, out1) = _launch(str(workdir), 4, processes=2, devices=4, cache=cache,
-                                         worker_flags=[f'--failing={",".join(things)}'])
-  assert code0 == code1 == 0, (out0[-3000:], out1[-3000:])
-  return workdir, out0, out1
+def failures(job):
+  """The job's runs of FAILING: (their directory, process 0's output, process 1's output)."""
+  return job['failures'], job['out0'], job['out1']
 
 
 def _error(out, thing):
