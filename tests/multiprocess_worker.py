@@ -186,11 +186,12 @@ def main():
                         checkpoint_every_steps=2, log_every_steps=1)
   config.num_devices = None  # every device of the job
 
+  make_sample_fn = samples.make_sample_fn
+
   def slow_make_sample_fn(*a, **k):
     time.sleep(args.slow_start_s)
     return make_sample_fn(*a, **k)
 
-  make_sample_fn = samples.make_sample_fn
   with mock.patch.object(samples, 'make_sample_fn',
                          slow_make_sample_fn if args.slow_start_s else make_sample_fn):
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
