@@ -8,9 +8,10 @@ process) through the real training loop, then saves this process's copy of the f
 to DIR/params_process<k>.npz (and which barriers orbax used). --slow_start_s delays this process
 between restoring and its first training step, as a slower host would be (that run only).
 
-The same processes then go on, as on a cluster the same job would be started again (one job, so
-that the processes import, trace and compile once: on CPU each process compiles its own programs,
-tests/test_multiprocess.py):
+The same processes then go on (one job, so that the processes import, trace and compile once: on
+CPU each process compiles its own programs, tests/test_multiprocess.py). A run here that resumes
+reads the checkpoint as a restarted job's processes would, but with the programs already traced
+and compiled, and the collectives already set up, by the runs before it:
 - --resume_in: a copy of DIR without its last checkpoint and its sample grids, resumed to
   --steps, its parameters saved as above;
 - --failing: one run per thing that fails, in FAILURES_IN/<thing>, one after the other. Before
@@ -120,14 +121,14 @@ def _save(state, workdir):
     f.write('runtime' if distributed.orbax_uses_runtime_barriers() else 'collectives')
 
 
-def copy_without_last_checkpoint(workdir, copy, steps):
-  """`workdir` as a run stopped after its checkpoint before `steps` would have left it: without
-  checkpoint `steps`, the sample grids (a resumed run draws only those after its restored step)
-  and what the test worker saved."""
-  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('params_process*',
+def copy_without_last_checkpoint(workdir, dest, steps):
+  """A copy of the finished run `workdir` at `dest`, to resume: without checkpoint `steps` and
+  without any sample grid (a resumed run draws only those after its restored step, which is
+  what the tests check), nor what the test worker saved. The logs are copied whole."""
+  shutil.copytree(workdir, dest, ignore=shutil.ignore_patterns('params_process*',
                                                                  'orbax_barriers_process*'))
-  shutil.rmtree(os.path.join(copy, 'checkpoints', str(steps)))
-  shutil.rmtree(os.path.join(copy, 'samples'))
+  shutil.rmtree(os.path.join(dest, 'checkpoints', str(steps)))
+  shutil.rmtree(os.path.join(dest, 'samples'))
 
 
 def main():

@@ -102,12 +102,14 @@ def job(tmp_path_factory, cache, request):
     (train.py starts them together);
   - a copy of that run stopped after its checkpoint of step 2, resumed to step 4 in
     `resumed_by_2`;
-  - one run per thing of FAILING in `failures/<thing>`, as on a cluster the same job would be
-    started again. Every run's error is caught and printed by the worker, so both processes end
-    with status 0.
+  - one run per thing of FAILING in `failures/<thing>`. Every run's error is caught and printed
+    by the worker, so both processes end with status 0.
   One job and not three: every process of a job imports, traces and compiles its programs, and
   on CPU process 1 never finds its programs in the compilation cache (its key holds the
-  process's own view of the devices, and JAX writes entries from process 0 only).
+  process's own view of the devices, and JAX writes entries from process 0 only). So the
+  processes that resume have trained before: they restore the checkpoint as a restarted job's
+  would, with the programs already compiled and the collectives already set up (a fresh
+  process's start is what the first run tests).
   Meanwhile this process trains the single-process runs the tests compare with.
   -> {'two', 'resumed_by_2', 'failures': their directories, 'out0', 'out1': each process's
   output}."""
