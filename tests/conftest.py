@@ -1,10 +1,14 @@
 """Test setup: 8 virtual CPU devices (for the data-parallel equivalence tests) and small configs."""
+import contextlib
 import importlib.util
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
+from unittest import mock
 
 # Must happen before JAX initialises its backends; a process that chose its own device count
 # (tests/multiprocess_worker.py) keeps it.
@@ -84,6 +88,36 @@ def run_processes(commands, env, timeout_s, meanwhile=None):
     results.append((job.returncode, log.read()))
     log.close()
   return results
+
+
+@contextlib.contextmanager
+def ctrl_c(dispatch, presses=1, after_the_check=False, then_wait_s=0):
+  """Within the block, Ctrl-C `presses` times when the training loop asks whether to stop after
+  its call number `dispatch` (None: never), before it asks or just after, then `then_wait_s`
+  seconds. SIGINT is handled as in a terminal (pytest's workers, or a process started in the
+  background, may ignore it), and put back after."""
+  from mmali_jax import preemption  # pylint: disable=g-import-not-at-top
+  requested = preemption.StopRequest.requested
+
+  def press():
+    for _ in range(presses):
+      os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(then_wait_s)
+
+  def pressing(self, i):
+    if i == dispatch and not after_the_check:
+      press()
+    asked = requested(self, i)
+    if i == dispatch and after_the_check:
+      press()
+    return asked
+
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with mock.patch.object(preemption.StopRequest, 'requested', pressing):
+      yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def load_config(name, arg=None):

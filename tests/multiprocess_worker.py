@@ -25,7 +25,6 @@ import contextlib
 import copy
 import os
 import shutil
-import signal
 import sys
 import time
 from unittest import mock
@@ -40,10 +39,10 @@ def _failing(thing, config, workdir, num_examples):
   # pylint: disable=g-import-not-at-top
   import jax
   from mmali_jax import config_checks
-  from mmali_jax import preemption
   from mmali_jax import samples
   from mmali_jax import writers
   from mmali_jax.evaluators import evaluator
+  from tests.conftest import ctrl_c
   # pylint: enable=g-import-not-at-top
   config = copy.deepcopy(config)
   process = jax.process_index()
@@ -61,17 +60,8 @@ def _failing(thing, config, workdir, num_examples):
     return
   if thing == 'interrupted':  # JAX's preemption notice, once given, stays: the job's last run
     config.num_train_steps = 12
-    requested = preemption.StopRequest.requested
-
-    def interrupted_at_the_second_call(self, dispatch):
-      if process == 1 and dispatch == 1:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(3)  # JAX's notifier looks for a SIGTERM once a second
-      return requested(self, dispatch)
-
-    # As in a terminal (a process started in the background, as pytest's may be, ignores it).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    with mock.patch.object(preemption.StopRequest, 'requested', interrupted_at_the_second_call):
+    # Process 1 alone; JAX's notifier looks for a SIGTERM once a second.
+    with ctrl_c(dispatch=1 if process == 1 else None, then_wait_s=3):
       yield config, workdir, num_examples
     return
 

@@ -4,7 +4,6 @@ The kill and preemption tests run the real command (`python -m mmali_jax.main`, 
 data: tests/command_worker.py) in a subprocess and compare every array of the final checkpoint
 bitwise with an uninterrupted run.
 """
-import contextlib
 import json
 import os
 import shutil
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import time
 import types
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +27,7 @@ from mmali_jax import preemption
 from mmali_jax import train
 from mmali_jax.data import pipeline
 from mmali_jax.data import sources
+from tests.conftest import ctrl_c
 from tests.conftest import ROOT
 from tests.conftest import SMALL_COMMAND_FLAGS
 from tests.conftest import small_config
@@ -197,31 +196,6 @@ def test_sync_point_ids_count_dispatches_and_evaluated_steps_keep_checkpoints(tm
   assert _steps(str(tmp_path / 'run')) == {4, 6}
 
 
-@contextlib.contextmanager
-def _ctrl_c(dispatch, presses=1, after_the_check=False):
-  """Within the block, Ctrl-C `presses` times when the training loop asks whether to stop after
-  its call number `dispatch` (before it asks, or just after). SIGINT is handled as in a terminal
-  (pytest's workers may have been started ignoring it), and put back after."""
-  requested = preemption.StopRequest.requested
-
-  def pressing(self, i):
-    if i == dispatch and not after_the_check:
-      for _ in range(presses):
-        os.kill(os.getpid(), signal.SIGINT)
-    asked = requested(self, i)
-    if i == dispatch and after_the_check:
-      for _ in range(presses):
-        os.kill(os.getpid(), signal.SIGINT)
-    return asked
-
-  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
-    with mock.patch.object(preemption.StopRequest, 'requested', pressing):
-      yield
-  finally:
-    signal.signal(signal.SIGINT, previous)
-
-
 def _losses(workdir):
   return {tag: points for tag, points in curves.read_scalars(workdir).items()
           if tag.startswith(('d/', 'g/'))}
@@ -236,7 +210,7 @@ def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_it
   data is refused before anything is written."""
   whole, stopped = four_steps[0], str(tmp_path / 'stopped')
   config = small_config('multimnist', **FOUR_STEPS)
-  with _ctrl_c(dispatch=2):  # the run's handler takes it: no KeyboardInterrupt
+  with ctrl_c(dispatch=2):  # the run's handler takes it: no KeyboardInterrupt
     with pytest.raises(preemption.Preempted, match=r'Stopped by Ctrl-C \(SIGINT\) at step 3 of 4'):
       _train(config, stopped)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
@@ -285,7 +259,7 @@ def test_preempted_between_logging_steps_logs_as_uninterrupted_and_resumes_on_it
 def test_a_second_ctrl_c_stops_at_once(tmp_path, capfd):
   """For a user who will not wait for the checkpoint: KeyboardInterrupt, the last checkpoint
   (step 2) kept, nothing of step 3 written."""
-  with _ctrl_c(dispatch=2, presses=2), pytest.raises(KeyboardInterrupt):
+  with ctrl_c(dispatch=2, presses=2), pytest.raises(KeyboardInterrupt):
     _train(small_config('multimnist', **FOUR_STEPS), str(tmp_path / 'run'))
   assert _steps(str(tmp_path / 'run')) == {2}
   assert ('Ctrl-C (SIGINT): stopping after a checkpoint of the current step; Ctrl-C again stops '
@@ -296,7 +270,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, capfd):
 def test_ctrl_c_after_the_last_step_is_asked_about_still_stops(tmp_path):
   """Ctrl-C during the last step's work (its evaluation, say), after the loop last asked: the
   run is complete, and it still ends as stopped, so that a sweep of runs does not go on."""
-  with _ctrl_c(dispatch=3, after_the_check=True):
+  with ctrl_c(dispatch=3, after_the_check=True):
     with pytest.raises(preemption.Preempted,
                        match=r'Stopped by Ctrl-C \(SIGINT\) at the end of the run \(step 4, '):
       _train(small_config('multimnist', **FOUR_STEPS), str(tmp_path / 'run'))
