@@ -66,17 +66,15 @@ def free_port():
     return s.getsockname()[1]
 
 
-def run_processes(commands, env, timeout_s, meanwhile=None):
-  """Starts the processes of a job, calls `meanwhile()` while they run, and waits for them (all
-  are killed on a timeout or an error); -> [(return code, output)] per process. The output goes
+def run_processes(commands, env, timeout_s):
+  """Starts the processes of a job and waits for them (all are killed on a timeout or an
+  error); -> [(return code, output)] per process. The output goes
   to files, not pipes: a process blocked on a full pipe that is not being read would hold up the
   others at their next barrier."""
   logs = [tempfile.TemporaryFile('w+') for _ in commands]  # pylint: disable=consider-using-with
   jobs = [subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
           for c, log in zip(commands, logs)]
   try:
-    if meanwhile:
-      meanwhile()
     for job in jobs:
       job.wait(timeout=timeout_s)
   finally:
@@ -179,3 +177,9 @@ def _fresh_data_cache():
   sources.clear_cache()
   yield
   sources.clear_cache()
+
+
+def pytest_collection_finish(session):
+  import gc  # pylint: disable=g-import-not-at-top
+  gc.collect()
+  gc.freeze()

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests import test_train
 from tests.conftest import ROOT
 from tests.conftest import small_config
 
@@ -312,8 +313,10 @@ def test_variants_are_read_as_the_training_command_reads_config_overrides():
     run.config_variant(config, 'batch_size=x')
 
 
-def test_variants_are_timed_against_the_config_and_show_what_they_change():
+def test_variants_are_timed_against_the_config_and_show_what_they_change(monkeypatch):
   run = _benchmark('run')
+  # The data of the other tests' runs (tests/test_train.py): the same program, compiled once.
+  monkeypatch.setattr(run, '_random_data', test_train._random_data)  # pylint: disable=protected-access
   config = small_config('multimnist', 'modalities=2')
   # Two variants whose program is the config's own (kept for the process, mmali_jax/programs.py,
   # so nothing is compiled again): one computing the same numbers, one from other weights.
