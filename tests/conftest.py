@@ -68,9 +68,9 @@ def free_port():
 
 def run_processes(commands, env, timeout_s):
   """Starts the processes of a job and waits for them (all are killed on a timeout or an
-  error); -> [(return code, output)] per process. The output goes
-  to files, not pipes: a process blocked on a full pipe that is not being read would hold up the
-  others at their next barrier."""
+  error); -> [(return code, output)] per process. The output goes to files, not pipes: a
+  process blocked on a full pipe that is not being read would hold up the others at their next
+  barrier."""
   logs = [tempfile.TemporaryFile('w+') for _ in commands]  # pylint: disable=consider-using-with
   jobs = [subprocess.Popen(c, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
           for c, log in zip(commands, logs)]
@@ -177,9 +177,3 @@ def _fresh_data_cache():
   sources.clear_cache()
   yield
   sources.clear_cache()
-
-
-def pytest_collection_finish(session):
-  import gc  # pylint: disable=g-import-not-at-top
-  gc.collect()
-  gc.freeze()

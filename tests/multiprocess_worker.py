@@ -32,6 +32,17 @@ from unittest import mock
 NUM_EXAMPLES = 24  # per split of the generated MNIST, as tests/test_multiprocess.py's runs
 
 
+def job_config(steps, num_devices):
+  """The config of the job's runs and of the single-process runs they are compared with:
+  tests/test_train.py's 8 == 1 device config (batch 16, a decaying EMA), so that a single-process
+  run on 1 or 8 devices is a program that test compiles."""
+  from tests.conftest import small_config  # pylint: disable=g-import-not-at-top
+  config = small_config('multimnist', 'modalities=2', batch_size=16, num_train_steps=steps,
+                        checkpoint_every_steps=2, log_every_steps=1, num_devices=num_devices)
+  config.ema.start_step, config.ema.decay = 1, 0.9
+  return config
+
+
 @contextlib.contextmanager
 def _failing(thing, config, workdir, num_examples):
   """`thing` (see --failing) failing while in the block; -> the config, workdir and number of
@@ -167,15 +178,12 @@ def main():
   from mmali_jax import train
   from mmali_jax import samples
   from mmali_jax.data import sources
-  from tests.conftest import small_config
   # pylint: enable=g-import-not-at-top
 
   if args.num_processes > 1:
     distributed.initialize(f'localhost:{args.port}', args.num_processes, args.process_id,
                            timeout_s=120)
-  config = small_config('multimnist', 'modalities=2', batch_size=8, num_train_steps=args.steps,
-                        checkpoint_every_steps=2, log_every_steps=1)
-  config.num_devices = None  # every device of the job
+  config = job_config(args.steps, num_devices=None)  # every device of the job
 
   make_sample_fn = samples.make_sample_fn
 

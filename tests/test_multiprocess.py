@@ -13,7 +13,6 @@ from tests import multiprocess_worker
 from tests.conftest import free_port
 from tests.conftest import ROOT
 from tests.conftest import run_processes
-from tests.conftest import small_config
 
 pytestmark = [pytest.mark.skipif(sys.platform != 'linux', reason='gloo CPU collectives'),
               # One worker of `pytest -n` runs the module: its runs are shared (session-scoped, so
@@ -27,9 +26,7 @@ def _train_here(workdir, steps, num_devices):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mmali_jax import distributed  # pylint: disable=g-import-not-at-top
   from mmali_jax import train  # pylint: disable=g-import-not-at-top
-  config = small_config('multimnist', 'modalities=2', batch_size=8, num_train_steps=steps,
-                        checkpoint_every_steps=2, log_every_steps=1)
-  config.num_devices = num_devices
+  config = multiprocess_worker.job_config(steps, num_devices)
   with tfds.testing.mock_data(num_examples=24):
     state = train.train_and_evaluate(config, workdir)
   params = distributed.local({'gen': state.gen_params, 'disc': state.disc_params,
@@ -41,14 +38,14 @@ def _train_here(workdir, steps, num_devices):
 @pytest.fixture(scope='session')
 def one_device(tmp_path_factory):
   """The single-process, one-device run of 4 steps that the multi-process runs must reproduce
-  (tests/test_train.py checks 8 devices against one; on one device the step is the program the
-  other tests' runs compiled)."""
+  (tests/test_train.py checks 8 devices against one, with the same config)."""
   return _train_here(str(tmp_path_factory.mktemp('one')), 4, num_devices=1)
 
 
 def _launch(workdir, steps, processes, devices, cache, last_slower_s=0, worker_flags=()):
-  """Runs the job's processes; -> [(return code, output)] per process. The last one reaches its first training step `last_slower_s` seconds later;
-  `worker_flags` go to every process (tests/multiprocess_worker.py)."""
+  """Runs the job's processes; -> [(return code, output)] per process. The last one reaches its
+  first training step `last_slower_s` seconds later; `worker_flags` go to every process
+  (tests/multiprocess_worker.py)."""
   port = free_port()
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
@@ -104,9 +101,9 @@ def job(tmp_path_factory, cache):
   processes that resume have trained before: they restore the checkpoint as a restarted job's
   would, with the programs already compiled and the collectives already set up (a fresh
   process's start is what the first run tests).
-  The single-process run the tests compare with is trained after the job, not while it runs: the
-  suite is CPU-bound, so running both at once gains nothing, and by then other tests have most
-  likely put its program in the compilation cache (at the start both workers compiled it).
+  The single-process runs the tests compare with are trained after the job, not while it runs:
+  the suite is CPU-bound (only process 1's late start leaves a core idle), and by then
+  tests/test_train.py has most likely put their programs in the compilation cache.
   -> {'two', 'resumed_by_2', 'failures': their directories, 'out0', 'out1': each process's
   output}."""
   root = tmp_path_factory.mktemp('job')
@@ -148,10 +145,10 @@ def test_two_processes_train_as_one_process(two_processes, one_device):
 def test_two_process_run_resumes_with_one_or_two_processes(tmp_path, job, two_processes,
                                                            one_device):
   """The 2-process x 4-device run stopped after its checkpoint of step 2, resumed to step 4 by
-  two processes (in the job) and by one process on one device (here)."""
+  two processes (in the job) and by one process on 8 devices (here)."""
   resumed_by_1 = tmp_path / 'resumed_by_1'
   multiprocess_worker.copy_without_last_checkpoint(two_processes[0], resumed_by_1, 4)
-  resumed = {1: _train_here(str(resumed_by_1), 4, num_devices=1),
+  resumed = {1: _train_here(str(resumed_by_1), 4, num_devices=8),
              2: _saved_params(job['resumed_by_2'], 2)}
   for processes, workdir in ((1, resumed_by_1), (2, job['resumed_by_2'])):
     _assert_same_training(resumed[processes], one_device, steps=4)

@@ -62,9 +62,10 @@ def test_training_runs_and_writes_checkpoints(tmp_path, name, arg):
 
 def _random_data(config, mods, num_examples=24, num_pairs=48, seed=0):
   """Device data of random images and random pairs. The default sizes are those of the data the
-  training runs of the tests load (`tfds.testing.mock_data(num_examples=24)`, paired with
+  tests' MultiMNIST training runs load (`tfds.testing.mock_data(num_examples=24)`, paired with
   small_config's data.multiplication=2): the data are inputs of the step, so a step called here
-  is the same program as theirs, and the suite's compilation cache compiles it once."""
+  with a run's config and devices is the same program as that run's, and the suite's
+  compilation cache compiles it once."""
   rng = np.random.default_rng(seed)
   return {'images': tuple(rng.integers(0, 256, (num_examples,) + m.image_shape, dtype=np.uint8)
                           for m in mods),
