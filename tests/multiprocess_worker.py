@@ -33,14 +33,12 @@ NUM_EXAMPLES = 24  # per split of the generated MNIST, as tests/test_multiproces
 
 
 def job_config(steps, num_devices):
-  """The config of the job's runs and of the single-process runs they are compared with:
-  tests/test_train.py's 8 == 1 device config (batch 16, a decaying EMA), so that a single-process
-  run on 1 or 8 devices is a program that test compiles."""
-  from tests.conftest import small_config  # pylint: disable=g-import-not-at-top
-  config = small_config('multimnist', 'modalities=2', batch_size=16, num_train_steps=steps,
-                        checkpoint_every_steps=2, log_every_steps=1, num_devices=num_devices)
-  config.ema.start_step, config.ema.decay = 1, 0.9
-  return config
+  """The config of the job's runs and of the single-process runs they are compared with
+  (conftest.data_parallel_config: a single-process run on 1 or 8 devices is a program
+  tests/test_train.py compiles)."""
+  from tests.conftest import data_parallel_config  # pylint: disable=g-import-not-at-top
+  return data_parallel_config(num_train_steps=steps, checkpoint_every_steps=2, log_every_steps=1,
+                              num_devices=num_devices)
 
 
 @contextlib.contextmanager

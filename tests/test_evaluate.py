@@ -21,6 +21,7 @@ from mmali_jax import train
 from mmali_jax.evaluators import classifiers
 from mmali_jax.evaluators import evaluator
 from mmali_jax.evaluators import report
+from tests.conftest import data_parallel_config
 from tests.conftest import ROOT
 from tests.conftest import run_on_one_device
 from tests.conftest import small_config
@@ -198,10 +199,8 @@ np.savez(sys.argv[2], step=step, **traverse_util.flatten_dict(ema, sep='/'))
 
 def test_a_run_trained_on_eight_devices_is_evaluated_on_one(tmp_path):
   """As after training on a multi-GPU machine: its checkpoint restores on a 1-device machine."""
-  config = small_config('multimnist', 'modalities=2', num_train_steps=1, checkpoint_every_steps=1,
-                        num_devices=8, batch_size=16)
   # tests/test_train.py's config for 8 devices: the same program, compiled once in the suite.
-  config.ema.start_step, config.ema.decay = 1, 0.9
+  config = data_parallel_config(num_train_steps=1, checkpoint_every_steps=1, num_devices=8)
   workdir = str(tmp_path / 'run')
   with tfds.testing.mock_data(num_examples=24):
     state = train.train_and_evaluate(config, workdir)

@@ -13,6 +13,7 @@ from mmali_jax import power_iterations
 from mmali_jax import programs
 from mmali_jax import train_step
 from tests import test_train
+from tests.conftest import data_parallel_config
 from tests.conftest import small_config
 
 _BATCHES = ('a', 'b', 'b_marginals', 'c', 'd')
@@ -151,9 +152,7 @@ def test_training_with_power_iterations_up_front_matches_them_in_the_calls(monke
                       lambda *a: recorded.append(1) or record_calls(*a))
   monkeypatch.setattr(batched_calls, 'batched',
                       lambda *a, f=batched_calls.batched: batched.append(1) or f(*a))
-  config = small_config('multimnist', 'modalities=2', batch_size=16)
-  config.ema.start_step, config.ema.decay = 1, 0.9  # test_train's 8 == 1 device config: its
-  # one-device program
+  config = data_parallel_config()  # test_train's 8 == 1 device config: its one-device program
   config.power_iterations_up_front = False
   in_calls, in_calls_metrics = test_train._run_steps(config, [1, 1])  # pylint: disable=protected-access
   assert not recorded and not batched

@@ -15,6 +15,7 @@ from mmali_jax import curves
 from mmali_jax import networks
 from mmali_jax import train
 from mmali_jax import train_step
+from tests.conftest import data_parallel_config
 from tests.conftest import small_config
 
 
@@ -91,9 +92,7 @@ def _run_steps(config, dispatches, num_devices=1):
 
 def test_eight_devices_match_one_device():
   assert jax.local_device_count() == 8, 'conftest should give 8 CPU devices'
-  config = small_config('multimnist', 'modalities=2', batch_size=16)
-  config.ema.start_step = 1  # exercise the decaying EMA too
-  config.ema.decay = 0.9
+  config = data_parallel_config()
   results = []
   for num_devices in (1, 8):
     state, metrics = _run_steps(config, [1, 1, 1], num_devices)
