@@ -61,13 +61,14 @@ def test_training_runs_and_writes_checkpoints(tmp_path, name, arg):
   _assert_trees_close(ema, final['ema'], rtol=0, atol=0)
 
 
-def _random_data(config, mods, num_examples=24, num_pairs=48, seed=0):
+def _random_data(config, mods, num_examples=24):
   """Device data of random images and random pairs. The default sizes are those of the data the
-  tests' MultiMNIST training runs load (`tfds.testing.mock_data(num_examples=24)`, paired with
-  small_config's data.multiplication=2): the data are inputs of the step, so a step called here
+  tests' MultiMNIST training runs load (`tfds.testing.mock_data(num_examples=24)`, paired
+  `config.data.multiplication` times): the data are inputs of the step, so a step called here
   with a run's config and devices is the same program as that run's, and the suite's
   compilation cache compiles it once."""
-  rng = np.random.default_rng(seed)
+  num_pairs = num_examples * config.data.multiplication
+  rng = np.random.default_rng(0)
   return {'images': tuple(rng.integers(0, 256, (num_examples,) + m.image_shape, dtype=np.uint8)
                           for m in mods),
           'pairs': rng.integers(0, num_examples, (num_pairs, len(mods))).astype(np.int32),
