@@ -47,10 +47,10 @@ if not jax.config.jax_compilation_cache_dir:
   jax.config.update('jax_compilation_cache_dir', os.environ['MMALI_TEST_XLA_CACHE'])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
-# Python's cyclic GC took about 8% of the workers' CPU, most of it full collections of a heap that
-# grows with every traced program. Collecting the youngest objects every 10,000 allocations
-# instead of 700 halved the GC's time on tests/test_power_iterations.py and tests/test_train.py
-# (docs/performance.md, "The test suite's time").
+# Python's cyclic GC took about 6% of the CPU of tests/test_power_iterations.py and
+# tests/test_train.py, most of it full collections of a heap that grows with every traced program.
+# Collecting the youngest objects every 10,000 allocations instead of 700 halved the GC's time
+# there (docs/performance.md, "The test suite's time").
 gc.set_threshold(10000, 10, 10)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

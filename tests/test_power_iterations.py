@@ -152,8 +152,8 @@ def test_training_with_power_iterations_up_front_matches_them_in_the_calls(monke
                       lambda *a: recorded.append(1) or record_calls(*a))
   monkeypatch.setattr(batched_calls, 'batched',
                       lambda *a, f=batched_calls.batched: batched.append(1) or f(*a))
-  config = data_parallel_config()  # test_train's 8 == 1 device config: its one-device program
-  config.power_iterations_up_front = False
+  # test_train's 8 == 1 device config: its one-device program
+  config = data_parallel_config(power_iterations_up_front=False)
   in_calls, in_calls_metrics = test_train._run_steps(config, [1, 1])  # pylint: disable=protected-access
   assert not recorded and not batched
   # As on accelerators: 2 iterations in one call (lax.scan) on 8 devices, the power iterations
